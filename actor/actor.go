@@ -1,0 +1,197 @@
+// Package actor is a small actor runtime: a registry of actors keyed by id,
+// each with a bounded mailbox processed one message at a time, created
+// lazily, evicted after an idle TTL, and able to run slow work as tasks that
+// report back by message. An actor's goroutine runs only while its mailbox
+// has messages, so a resident idle actor costs a struct, not a stack.
+package actor
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors returned by Send.
+var (
+	// ErrBusy means the mailbox is full; the caller should retry later.
+	ErrBusy = errors.New("actor mailbox full")
+	// ErrStopped means the actor has stopped; System.Send retries on a
+	// fresh actor, so callers of System only see it during shutdown.
+	ErrStopped = errors.New("actor stopped")
+)
+
+// Behavior is the state and logic of one actor. Its methods are called on
+// the actor's goroutine, one at a time, so it needs no locks.
+type Behavior interface {
+	// Receive handles one message.
+	Receive(msg any)
+	// Idle reports whether the actor holds nothing that would be lost by
+	// stopping it: no connection, no queued or running work.
+	Idle() bool
+	// Stopped is called once after the actor stopped. Messages still in the
+	// mailbox are handed to Reject.
+	Stopped()
+	// Reject answers a message that will never be received because the
+	// actor stopped.
+	Reject(msg any, err error)
+}
+
+// Actor is one mailbox plus its behavior.
+type Actor struct {
+	id  string
+	sys *System
+
+	mu      sync.Mutex
+	queue   []any
+	head    int
+	running bool
+	stopped bool
+	stopErr error
+
+	beh        Behavior
+	lastActive atomic.Int64 // unix nanos of the last processed message
+
+	ctx    context.Context // cancelled when the actor stops
+	cancel context.CancelFunc
+	tasks  atomic.Int32
+}
+
+// ID returns the actor's id.
+func (a *Actor) ID() string { return a.id }
+
+// Context is cancelled when the actor stops; tasks derive from it.
+func (a *Actor) Context() context.Context { return a.ctx }
+
+// Send puts msg in the mailbox without blocking.
+func (a *Actor) Send(msg any) error { return a.send(msg, false) }
+
+// send enqueues; internal messages (task results) ignore the capacity so a
+// finished task is never lost.
+func (a *Actor) send(msg any, internal bool) error {
+	a.mu.Lock()
+	if a.stopped {
+		a.mu.Unlock()
+		return ErrStopped
+	}
+	if !internal && len(a.queue)-a.head >= a.sys.opts.MailboxSize {
+		a.mu.Unlock()
+		a.sys.busy.Add(1)
+		return ErrBusy
+	}
+	a.queue = append(a.queue, msg)
+	a.sys.queued.Add(1)
+	start := !a.running
+	if start {
+		a.running = true
+	}
+	a.mu.Unlock()
+	if start {
+		go a.run()
+	}
+	return nil
+}
+
+// run drains the mailbox and parks (exits) when it is empty.
+func (a *Actor) run() {
+	for {
+		a.mu.Lock()
+		if a.head == len(a.queue) || a.stopped {
+			a.queue = a.queue[:0]
+			a.head = 0
+			if cap(a.queue) > 64 {
+				a.queue = nil // let a burst's buffer go
+			}
+			a.running = false
+			a.mu.Unlock()
+			return
+		}
+		msg := a.queue[a.head]
+		a.queue[a.head] = nil
+		a.head++
+		a.mu.Unlock()
+		a.sys.queued.Add(-1)
+
+		a.lastActive.Store(time.Now().UnixNano())
+		switch m := msg.(type) {
+		case stopMsg:
+			if m.onlyIfIdle && (!a.beh.Idle() || a.tasks.Load() > 0 || a.pending() > 0) {
+				continue
+			}
+			if m.onlyIfIdle {
+				a.sys.evictions.Add(1)
+			}
+			a.stop(m.err)
+			return
+		default:
+			a.beh.Receive(msg)
+		}
+	}
+}
+
+func (a *Actor) pending() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.queue) - a.head
+}
+
+// stop runs on the actor goroutine: it closes the mailbox, rejects what is
+// left, unregisters the actor and tells the behavior.
+func (a *Actor) stop(err error) {
+	a.mu.Lock()
+	a.stopped = true
+	a.stopErr = err
+	left := append([]any(nil), a.queue[a.head:]...)
+	a.queue = nil
+	a.head = 0
+	a.running = false
+	a.mu.Unlock()
+	a.sys.queued.Add(-int64(len(left)))
+	a.sys.remove(a)
+	a.cancel()
+	for _, m := range left {
+		if _, ok := m.(stopMsg); ok {
+			continue
+		}
+		a.beh.Reject(m, err)
+	}
+	a.beh.Stopped()
+	close(a.sys.doneCh(a))
+}
+
+// StopSelf stops the actor from inside Receive: the current message is the
+// last one received; anything queued after it is rejected with err.
+func (a *Actor) StopSelf(err error) {
+	a.stop(err)
+}
+
+type stopMsg struct {
+	onlyIfIdle bool
+	err        error
+}
+
+// Go runs fn as a task on its own goroutine with the actor's context. The
+// message fn returns (if not nil) is delivered to the actor's mailbox even
+// when it is full. The actor is not idle while a task runs.
+func (a *Actor) Go(fn func(ctx context.Context) any) {
+	a.tasks.Add(1)
+	a.sys.tasks.Add(1)
+	go func() {
+		defer a.sys.tasks.Done()
+		msg := fn(a.ctx)
+		a.tasks.Add(-1)
+		if msg != nil {
+			if err := a.send(msg, true); err != nil {
+				a.sys.dropped.Add(1)
+			}
+		}
+	}()
+}
+
+// Tasks returns the number of running tasks.
+func (a *Actor) Tasks() int { return int(a.tasks.Load()) }
+
+// Tell delivers msg ignoring the mailbox capacity. It is for bookkeeping
+// messages that must not be refused (a connection going away, a timer).
+func (a *Actor) Tell(msg any) error { return a.send(msg, true) }

@@ -1,0 +1,222 @@
+package actor
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/puzpuzpuz/xsync/v3"
+)
+
+// Options configure a System.
+type Options struct {
+	// IdleTTL is how long an idle actor stays resident; 0 disables eviction.
+	IdleTTL time.Duration
+	// MailboxSize bounds each mailbox (default 256).
+	MailboxSize int
+}
+
+// Factory makes the behavior of a new actor.
+type Factory func(a *Actor) Behavior
+
+// System is the registry and supervisor of actors, the "agent pool".
+type System struct {
+	opts    Options
+	factory Factory
+	actors  *xsync.MapOf[string, *Actor]
+	done    *xsync.MapOf[*Actor, chan struct{}]
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	closed atomic.Bool
+	tasks  sync.WaitGroup
+	loop   sync.WaitGroup
+
+	queued    atomic.Int64
+	busy      atomic.Uint64
+	evictions atomic.Uint64
+	dropped   atomic.Uint64
+	started   atomic.Uint64
+}
+
+// ErrClosed is returned by Send after Close.
+var ErrClosed = errors.New("actor system closed")
+
+// NewSystem starts a system; Close stops it.
+func NewSystem(opts Options, factory Factory) *System {
+	if opts.MailboxSize <= 0 {
+		opts.MailboxSize = 256
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &System{opts: opts, factory: factory, actors: xsync.NewMapOf[string, *Actor](),
+		done: xsync.NewMapOf[*Actor, chan struct{}](), ctx: ctx, cancel: cancel}
+	if opts.IdleTTL > 0 {
+		s.loop.Add(1)
+		go s.evictLoop()
+	}
+	return s
+}
+
+// Get returns the actor with the id, creating it if needed.
+func (s *System) Get(id string) (*Actor, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	a, _ := s.actors.LoadOrCompute(id, func() *Actor {
+		ctx, cancel := context.WithCancel(s.ctx)
+		a := &Actor{id: id, sys: s, ctx: ctx, cancel: cancel}
+		a.lastActive.Store(time.Now().UnixNano())
+		s.done.Store(a, make(chan struct{}))
+		a.beh = s.factory(a)
+		s.started.Add(1)
+		return a
+	})
+	return a, nil
+}
+
+// Lookup returns the actor with the id if it is resident.
+func (s *System) Lookup(id string) (*Actor, bool) { return s.actors.Load(id) }
+
+// Send delivers msg to the actor with the id, creating it if needed.
+func (s *System) Send(id string, msg any) error {
+	for i := 0; i < 100; i++ {
+		a, err := s.Get(id)
+		if err != nil {
+			return err
+		}
+		err = a.Send(msg)
+		if !errors.Is(err, ErrStopped) {
+			return err
+		}
+		// The actor stopped between Get and Send; a new one takes over.
+		s.remove(a)
+	}
+	return ErrStopped
+}
+
+// Evict asks the actor to stop as soon as it is idle. It reports whether the
+// actor was resident.
+func (s *System) Evict(id string) bool {
+	a, ok := s.actors.Load(id)
+	if !ok {
+		return false
+	}
+	return a.send(stopMsg{onlyIfIdle: true, err: ErrStopped}, true) == nil
+}
+
+// Stop stops the actor now, whatever it holds; queued messages are rejected
+// with err.
+func (s *System) Stop(id string, err error) {
+	if a, ok := s.actors.Load(id); ok {
+		_ = a.send(stopMsg{err: err}, true)
+	}
+}
+
+// Len returns the number of resident actors.
+func (s *System) Len() int { return s.actors.Size() }
+
+// Stats are counters for metrics.
+type Stats struct {
+	Active    int
+	Queued    int64
+	Busy      uint64
+	Evictions uint64
+	Started   uint64
+	Dropped   uint64
+}
+
+// Stats returns current counters.
+func (s *System) Stats() Stats {
+	return Stats{Active: s.actors.Size(), Queued: s.queued.Load(), Busy: s.busy.Load(),
+		Evictions: s.evictions.Load(), Started: s.started.Load(), Dropped: s.dropped.Load()}
+}
+
+func (s *System) remove(a *Actor) {
+	s.actors.Compute(a.id, func(old *Actor, loaded bool) (*Actor, bool) {
+		if loaded && old == a {
+			return nil, true
+		}
+		return old, !loaded
+	})
+}
+
+func (s *System) doneCh(a *Actor) chan struct{} {
+	ch, _ := s.done.LoadAndDelete(a)
+	if ch == nil {
+		ch = make(chan struct{})
+	}
+	return ch
+}
+
+func (s *System) evictLoop() {
+	defer s.loop.Done()
+	every := s.opts.IdleTTL / 4
+	if every < 10*time.Millisecond {
+		every = 10 * time.Millisecond
+	}
+	if every > 30*time.Second {
+		every = 30 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			cutoff := time.Now().Add(-s.opts.IdleTTL).UnixNano()
+			s.actors.Range(func(id string, a *Actor) bool {
+				if a.lastActive.Load() < cutoff && a.tasks.Load() == 0 {
+					if a.send(stopMsg{onlyIfIdle: true, err: ErrStopped}, true) == nil {
+						a.lastActive.Store(time.Now().UnixNano())
+					}
+				}
+				return true
+			})
+		}
+	}
+}
+
+// Close stops every actor (rejecting queued messages with ErrClosed),
+// cancels running tasks and waits for them, or until ctx ends.
+func (s *System) Close(ctx context.Context) error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	var waits []chan struct{}
+	s.actors.Range(func(id string, a *Actor) bool {
+		if ch, ok := s.done.Load(a); ok {
+			waits = append(waits, ch)
+		}
+		_ = a.send(stopMsg{err: ErrClosed}, true)
+		return true
+	})
+	s.cancel()
+	finished := make(chan struct{})
+	go func() {
+		for _, ch := range waits {
+			<-ch
+		}
+		s.tasks.Wait()
+		s.loop.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Tell delivers msg to a resident actor ignoring the mailbox capacity; it
+// reports false when the actor is not resident.
+func (s *System) Tell(id string, msg any) bool {
+	a, ok := s.actors.Load(id)
+	if !ok {
+		return false
+	}
+	return a.Tell(msg) == nil
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/stellohq/stello/session"
+	"github.com/stellohq/stello/space"
+	"github.com/stellohq/stello/transport"
+)
+
+// serveConfig is every flag of `stello serve`.
+type serveConfig struct {
+	addr            string
+	db              dbFlags
+	skipMigrate     bool
+	llm             llmFlags
+	idleTTL         time.Duration
+	mailboxSize     int
+	sessionQueue    int
+	consolidate     int
+	maxContext      int
+	maxToolRounds   int
+	turnTimeout     time.Duration
+	maxBody         int64
+	wsMaxMessage    int64
+	keyCacheTTL     time.Duration
+	shutdownTimeout time.Duration
+	pprof           bool
+	logLevel        string
+	logFormat       string
+}
+
+func (c *serveConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "listen address")
+	c.db.register(fs)
+	fs.BoolVar(&c.skipMigrate, "skip-migrate", false, "do not migrate the database at start-up")
+	c.llm.register(fs)
+	fs.DurationVar(&c.idleTTL, "idle-ttl", 5*time.Minute, "stop an idle space actor (no connection, no work) after this long")
+	fs.IntVar(&c.mailboxSize, "mailbox-size", 256, "capacity of each space actor's mailbox; when full, requests get 429 BUSY")
+	fs.IntVar(&c.sessionQueue, "session-queue", 8, "turns that may wait behind a running turn on one session before 429 BUSY")
+	fs.IntVar(&c.consolidate, "consolidate-every", 6, "consolidate a session after every N turns (0 disables)")
+	fs.IntVar(&c.maxContext, "max-context-tokens", 32000, "context budget of one model call, before older history is summarised")
+	fs.IntVar(&c.maxToolRounds, "max-tool-rounds", 5, "tool-loop limit per turn")
+	fs.DurationVar(&c.turnTimeout, "turn-timeout", 2*time.Minute, "deadline of a whole turn")
+	fs.Int64Var(&c.maxBody, "max-body-bytes", 1<<20, "request body limit")
+	fs.Int64Var(&c.wsMaxMessage, "ws-max-message-bytes", 1<<20, "WebSocket frame limit (larger frames close the connection with 1009)")
+	fs.DurationVar(&c.keyCacheTTL, "key-cache-ttl", 30*time.Second, "how long an API key lookup is cached: the longest a revoked key keeps working (0 disables)")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for in-flight requests")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve runtime profiles on /debug/pprof/")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.logFormat, "log-format", "console", "log format: json or console")
+}
+
+func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, &usageError{fmt.Sprintf("--log-level: %v", err)}
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	switch format {
+	case "json":
+		enc = zapcore.NewJSONEncoder(encCfg)
+	case "console":
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	default:
+		return nil, &usageError{fmt.Sprintf("--log-format must be json or console, not %q", format)}
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
+}
+
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stello serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c serveConfig
+	c.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(c.logLevel, c.logFormat, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	client, err := c.llm.client(log)
+	if err != nil {
+		return err
+	}
+	db, err := c.db.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	stopDB := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := db.close(sctx); err != nil {
+			log.Warn("stop database", zap.Error(err))
+		}
+	}
+	if !c.skipMigrate {
+		applied, err := db.store.Migrate(ctx)
+		if err != nil {
+			stopDB()
+			return err
+		}
+		log.Info("database migrated", zap.Ints("applied", applied))
+	}
+
+	engine := session.NewEngine(db.store, client, nil, session.Options{
+		MaxContextTokens: c.maxContext, MaxToolRounds: c.maxToolRounds, MaxTokens: c.llm.maxTokens})
+	spaces := space.NewManager(space.Options{IdleTTL: c.idleTTL, MailboxSize: c.mailboxSize, SessionQueue: c.sessionQueue,
+		TurnTimeout: c.turnTimeout, ConsolidateEvery: c.consolidate}, db.store, engine, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_goroutines", Help: "runtime.NumGoroutine()."},
+		func() float64 { return float64(runtime.NumGoroutine()) }))
+	reg.MustRegister(spaces.Collectors()...)
+	front := transport.New(transport.Options{MaxBodyBytes: c.maxBody, WSMaxMessageBytes: c.wsMaxMessage,
+		KeyCacheTTL: c.keyCacheTTL, Pprof: c.pprof}, spaces, db.store, db.store, log, reg)
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		stopDB()
+		return fmt.Errorf("listen on %s: %w", c.addr, err)
+	}
+	srv := &http.Server{Handler: front.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: zap.NewStdLog(log.Named("http"))}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("stello listening", zap.String("addr", ln.Addr().String()), zap.String("model", client.Name()))
+	fmt.Fprintf(stdout, "stello listening on http://%s\n", ln.Addr())
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			log.Error("server failed", zap.Error(err))
+		}
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	front.Close() // WebSockets get 1001; /readyz answers 503
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("in-flight requests did not finish in time", zap.Error(err))
+		_ = srv.Close()
+	}
+	if err := spaces.Close(sctx); err != nil {
+		log.Warn("space actors did not stop in time", zap.Error(err))
+	}
+	stopDB()
+	log.Info("stopped")
+	return nil
+}
+
+func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stello migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var d dbFlags
+	d.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, _ := newLogger("warn", "console", stderr)
+	db, err := d.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = db.close(context.Background()) }()
+	applied, err := db.store.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "applied %d migration(s) %v\n", len(applied), applied)
+	return nil
+}

@@ -1,0 +1,440 @@
+// Package openai implements llm.Client for any OpenAI-compatible Chat
+// Completions endpoint (OpenAI, Azure-style proxies, vLLM, Ollama, llama.cpp,
+// LiteLLM, …) using the official SDK github.com/openai/openai-go/v3.
+package openai
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	oai "github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/packages/ssestream"
+	"github.com/openai/openai-go/v3/shared"
+	"github.com/tidwall/gjson"
+
+	"github.com/stellohq/stello/llm"
+	"github.com/stellohq/stello/llm/internal/provutil"
+)
+
+// ProviderName is the ProviderError.Provider of this package's errors.
+const ProviderName = "openai"
+
+// DefaultBaseURL is used when Config.BaseURL is empty.
+const DefaultBaseURL = "https://api.openai.com/v1"
+
+// DefaultMaxRetries is the SDK's default retry count, a sensible value for
+// Config.MaxRetries in production.
+const DefaultMaxRetries = 2
+
+// Config configures a Client.
+type Config struct {
+	// BaseURL of the API including the version path, e.g.
+	// "https://api.openai.com/v1" or "http://localhost:11434/v1". Empty means
+	// DefaultBaseURL.
+	BaseURL string
+	// APIKey is sent as a bearer token; empty sends no Authorization header
+	// (fine for local servers).
+	APIKey string
+	// Model name, required.
+	Model string
+	// MaxTokens caps the reply when the request does not set its own; 0
+	// leaves it to the server.
+	MaxTokens int
+	// Timeout bounds each call (all retries included) when > 0.
+	Timeout time.Duration
+	// HTTPClient overrides the HTTP client; nil uses the SDK default.
+	HTTPClient *http.Client
+	// MaxRetries is how often the SDK retries connection errors, 408, 409,
+	// 429 and 5xx answers (with backoff, honoring Retry-After). 0 disables
+	// retries; negative uses the SDK default (DefaultMaxRetries).
+	MaxRetries int
+}
+
+// Client is an llm.Client for an OpenAI-compatible Chat Completions API. It is
+// safe for concurrent use.
+type Client struct {
+	cfg Config
+	sdk oai.Client
+	// maxCompletionTokens selects max_completion_tokens (required by OpenAI's
+	// reasoning models) over the legacy max_tokens that most compatible
+	// servers understand.
+	maxCompletionTokens bool
+}
+
+var _ llm.Client = (*Client)(nil)
+
+// New returns a Client for cfg.
+func New(cfg Config) (*Client, error) {
+	if strings.TrimSpace(cfg.Model) == "" {
+		return nil, errors.New("openai: model is required")
+	}
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = DefaultBaseURL
+	}
+	u, err := url.Parse(cfg.BaseURL)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return nil, fmt.Errorf("openai: invalid base URL %q", cfg.BaseURL)
+	}
+	opts := []option.RequestOption{
+		option.WithBaseURL(cfg.BaseURL),
+		// Always set, even empty, so an ambient OPENAI_API_KEY is never sent
+		// to a different endpoint.
+		option.WithAPIKey(cfg.APIKey),
+	}
+	if cfg.HTTPClient != nil {
+		opts = append(opts, option.WithHTTPClient(cfg.HTTPClient))
+	}
+	if cfg.MaxRetries >= 0 {
+		opts = append(opts, option.WithMaxRetries(cfg.MaxRetries))
+	}
+	return &Client{
+		cfg:                 cfg,
+		sdk:                 oai.NewClient(opts...),
+		maxCompletionTokens: u.Host == "api.openai.com",
+	}, nil
+}
+
+// Name returns "openai/<model>".
+func (c *Client) Name() string { return ProviderName + "/" + c.cfg.Model }
+
+// Complete performs one non-streaming chat completion.
+func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
+	params, err := c.params(req)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+
+	var status int
+	completion, err := c.sdk.Chat.Completions.New(ctx, params, statusRecorder(&status))
+	if err != nil {
+		return nil, c.mapError(ctx, err, status)
+	}
+	if len(completion.Choices) == 0 {
+		return nil, &llm.ProviderError{Provider: ProviderName, Message: "response has no choices"}
+	}
+	msg := completion.Choices[0].Message
+	resp := &llm.Response{
+		Content:   msg.Content,
+		ToolCalls: toolCalls(msg.ToolCalls),
+		Usage: llm.Usage{
+			InputTokens:  int(completion.Usage.PromptTokens),
+			OutputTokens: int(completion.Usage.CompletionTokens),
+		},
+		Raw: completion.RawJSON(),
+	}
+	return resp, nil
+}
+
+// Stream performs one streaming chat completion, reporting text chunks and
+// tool-call fragments to onDelta as they arrive.
+func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
+	params, err := c.params(req)
+	if err != nil {
+		return nil, err
+	}
+	// Ask for a final usage chunk; servers that ignore it simply send none.
+	params.StreamOptions = oai.ChatCompletionStreamOptionsParam{IncludeUsage: oai.Bool(true)}
+
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+
+	var status int
+	stream := c.sdk.Chat.Completions.NewStreaming(ctx, params, statusRecorder(&status))
+	defer func() { _ = stream.Close() }()
+
+	sink := provutil.NewDeltaSink(onDelta)
+	var (
+		acc   oai.ChatCompletionAccumulator
+		accOK = true
+		own   assembly // fallback when the accumulator rejects a chunk
+		usage llm.Usage
+	)
+	for stream.Next() {
+		chunk := stream.Current()
+		if accOK && !acc.AddChunk(chunk) {
+			accOK = false
+		}
+		if u := chunk.Usage; u.PromptTokens > 0 || u.CompletionTokens > 0 {
+			// Usage totals; some servers repeat them cumulatively, so keep the last.
+			usage = llm.Usage{InputTokens: int(u.PromptTokens), OutputTokens: int(u.CompletionTokens)}
+		}
+		for _, choice := range chunk.Choices {
+			if choice.Index != 0 {
+				continue
+			}
+			if err := own.add(choice.Delta, sink); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := stream.Err(); err != nil {
+		return nil, c.mapError(ctx, err, status)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, c.mapError(ctx, err, status)
+	}
+
+	resp := &llm.Response{Usage: usage}
+	if accOK && len(acc.Choices) > 0 {
+		msg := acc.Choices[0].Message
+		resp.Content = msg.Content
+		resp.ToolCalls = toolCalls(msg.ToolCalls)
+	} else {
+		resp.Content = own.text.String()
+		resp.ToolCalls = own.toolCalls()
+	}
+	resp.Raw = rawReconstruction(&acc, accOK, resp)
+	return resp, nil
+}
+
+// assembly rebuilds a streamed reply from its deltas and reports them.
+type assembly struct {
+	text  strings.Builder
+	calls []*llm.ToolCall
+	args  []strings.Builder
+}
+
+func (a *assembly) add(d oai.ChatCompletionChunkChoiceDelta, sink *provutil.DeltaSink) error {
+	if d.Content != "" {
+		a.text.WriteString(d.Content)
+		if err := sink.Emit(llm.Delta{Text: d.Content}); err != nil {
+			return err
+		}
+	}
+	for _, tc := range d.ToolCalls {
+		idx := int(tc.Index)
+		if idx < 0 { // some servers use -1 for a single call
+			idx = 0
+		}
+		if idx > len(a.calls)+128 {
+			continue // absurd sparse index; ignore rather than allocate
+		}
+		for len(a.calls) <= idx {
+			a.calls = append(a.calls, nil)
+			a.args = append(a.args, strings.Builder{})
+		}
+		delta := llm.Delta{IsToolCall: true, ToolCallIndex: idx, ArgsFragment: tc.Function.Arguments}
+		call := a.calls[idx]
+		if call == nil {
+			call = &llm.ToolCall{}
+			a.calls[idx] = call
+		}
+		// ID and name normally arrive once, on the first fragment; report
+		// them only the first time even if a server repeats them.
+		if tc.ID != "" && call.ID == "" {
+			call.ID = tc.ID
+			delta.ToolCallID = tc.ID
+		}
+		if tc.Function.Name != "" && call.Name == "" {
+			call.Name = tc.Function.Name
+			delta.ToolCallName = tc.Function.Name
+		}
+		a.args[idx].WriteString(tc.Function.Arguments)
+		if delta.ToolCallID == "" && delta.ToolCallName == "" && delta.ArgsFragment == "" {
+			continue
+		}
+		if err := sink.Emit(delta); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *assembly) toolCalls() []llm.ToolCall {
+	var out []llm.ToolCall
+	for i, call := range a.calls {
+		if call == nil {
+			continue
+		}
+		out = append(out, llm.ToolCall{ID: call.ID, Name: call.Name, Input: provutil.ToolInput(a.args[i].String())})
+	}
+	return out
+}
+
+func toolCalls(calls []oai.ChatCompletionMessageToolCallUnion) []llm.ToolCall {
+	var out []llm.ToolCall
+	for _, tc := range calls {
+		if tc.Type != "" && tc.Type != "function" {
+			continue // custom tools are never declared by us
+		}
+		if tc.ID == "" && tc.Function.Name == "" {
+			continue // sparse placeholder
+		}
+		out = append(out, llm.ToolCall{
+			ID:    tc.ID,
+			Name:  tc.Function.Name,
+			Input: provutil.ToolInput(tc.Function.Arguments),
+		})
+	}
+	return out
+}
+
+func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.cfg.Timeout > 0 {
+		return context.WithTimeout(ctx, c.cfg.Timeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+// params converts an llm.Request to SDK parameters.
+func (c *Client) params(req llm.Request) (oai.ChatCompletionNewParams, error) {
+	p := oai.ChatCompletionNewParams{Model: shared.ChatModel(c.cfg.Model)}
+
+	for i, m := range req.Messages {
+		switch m.Role {
+		case llm.RoleSystem:
+			p.Messages = append(p.Messages, oai.SystemMessage(m.Content))
+		case llm.RoleUser:
+			p.Messages = append(p.Messages, oai.UserMessage(m.Content))
+		case llm.RoleAssistant:
+			asst := oai.ChatCompletionAssistantMessageParam{}
+			if m.Content != "" || len(m.ToolCalls) == 0 {
+				asst.Content.OfString = oai.String(m.Content)
+			}
+			for _, tc := range m.ToolCalls {
+				asst.ToolCalls = append(asst.ToolCalls, oai.ChatCompletionMessageToolCallUnionParam{
+					OfFunction: &oai.ChatCompletionMessageFunctionToolCallParam{
+						ID: tc.ID,
+						Function: oai.ChatCompletionMessageFunctionToolCallFunctionParam{
+							Name:      tc.Name,
+							Arguments: provutil.Arguments(tc.Input),
+						},
+					},
+				})
+			}
+			p.Messages = append(p.Messages, oai.ChatCompletionMessageParamUnion{OfAssistant: &asst})
+		case llm.RoleTool:
+			p.Messages = append(p.Messages, oai.ToolMessage(m.Content, m.ToolCallID))
+		default:
+			return p, &llm.ProviderError{Provider: ProviderName, Message: fmt.Sprintf("message %d has unsupported role %q", i, m.Role)}
+		}
+	}
+
+	for _, t := range req.Tools {
+		schema, err := provutil.SchemaObject(t.Parameters)
+		if err != nil {
+			return p, &llm.ProviderError{Provider: ProviderName, Message: fmt.Sprintf("tool %q: %v", t.Name, err)}
+		}
+		params := make(shared.FunctionParameters, len(schema))
+		for k, v := range schema {
+			params[k] = v
+		}
+		def := shared.FunctionDefinitionParam{Name: t.Name, Parameters: params}
+		if t.Description != "" {
+			def.Description = oai.String(t.Description)
+		}
+		p.Tools = append(p.Tools, oai.ChatCompletionFunctionTool(def))
+	}
+
+	maxTokens := req.MaxTokens
+	if maxTokens <= 0 {
+		maxTokens = c.cfg.MaxTokens
+	}
+	if maxTokens > 0 {
+		if c.maxCompletionTokens {
+			p.MaxCompletionTokens = oai.Int(int64(maxTokens))
+		} else {
+			p.MaxTokens = oai.Int(int64(maxTokens))
+		}
+	}
+
+	if req.Format == llm.FormatJSON {
+		p.ResponseFormat = oai.ChatCompletionNewParamsResponseFormatUnion{
+			OfJSONObject: &shared.ResponseFormatJSONObjectParam{},
+		}
+	}
+	return p, nil
+}
+
+// statusRecorder records the HTTP status of the last attempt, so failures
+// whose body the SDK cannot decode still report it.
+func statusRecorder(status *int) option.RequestOption {
+	return option.WithMiddleware(func(r *http.Request, next option.MiddlewareNext) (*http.Response, error) {
+		res, err := next(r)
+		if res != nil {
+			*status = res.StatusCode
+		}
+		return res, err
+	})
+}
+
+// mapError converts any failure into a *llm.ProviderError (or a
+// context.Canceled error when the caller gave up).
+func (c *Client) mapError(ctx context.Context, err error, status int) error {
+	if ctxErr := provutil.ContextError(ctx, ProviderName, err); ctxErr != nil {
+		return ctxErr
+	}
+	pe := &llm.ProviderError{Provider: ProviderName}
+	var apiErr *oai.Error
+	var streamErr *ssestream.StreamError
+	switch {
+	case errors.As(err, &apiErr):
+		pe.Status = apiErr.StatusCode
+		pe.Message = provutil.StatusMessage(apiErr.StatusCode, apiErr.Message, rawErrorBody(apiErr))
+	case errors.As(err, &streamErr):
+		msg := gjson.GetBytes(streamErr.Event.Data, "error.message").String()
+		if msg == "" {
+			msg = gjson.GetBytes(streamErr.Event.Data, "error").String()
+		}
+		pe.Message = "stream error: " + msg
+	default:
+		if status >= 400 {
+			pe.Status = status
+			pe.Message = provutil.StatusMessage(status, "", "")
+		} else {
+			pe.Message = err.Error()
+		}
+	}
+	pe.Message = provutil.CleanMessage(pe.Message, c.cfg.APIKey)
+	return pe
+}
+
+// rawErrorBody describes the error body when it is not a structured
+// OpenAI error (plain text, HTML, FastAPI's {"detail": …}, …).
+func rawErrorBody(e *oai.Error) string {
+	if e.Message != "" {
+		return ""
+	}
+	return provutil.BodyMessage(provutil.ReadBody(e.Response))
+}
+
+// rawReconstruction renders the accumulated completion as JSON for
+// Response.Raw, falling back to a minimal chat.completion object.
+func rawReconstruction(acc *oai.ChatCompletionAccumulator, accOK bool, resp *llm.Response) string {
+	if accOK {
+		if b, err := json.Marshal(acc.ChatCompletion); err == nil {
+			return string(b)
+		}
+	}
+	type fn struct {
+		Name      string `json:"name"`
+		Arguments string `json:"arguments"`
+	}
+	type call struct {
+		ID       string `json:"id"`
+		Type     string `json:"type"`
+		Function fn     `json:"function"`
+	}
+	calls := make([]call, 0, len(resp.ToolCalls))
+	for _, tc := range resp.ToolCalls {
+		calls = append(calls, call{ID: tc.ID, Type: "function", Function: fn{Name: tc.Name, Arguments: string(tc.Input)}})
+	}
+	b, _ := json.Marshal(map[string]any{
+		"object": "chat.completion",
+		"choices": []any{map[string]any{
+			"index":   0,
+			"message": map[string]any{"role": "assistant", "content": resp.Content, "tool_calls": calls},
+		}},
+		"usage": map[string]int{"prompt_tokens": resp.Usage.InputTokens, "completion_tokens": resp.Usage.OutputTokens},
+	})
+	return string(b)
+}

@@ -1,0 +1,122 @@
+package pgstore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// User is an owner of API keys and spaces.
+type User struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	CreatedAt  time.Time `json:"createdAt"`
+	ActiveKeys int       `json:"activeKeys"`
+}
+
+// KeyPrefix starts every API key.
+const KeyPrefix = "sk_stello_"
+
+// NewAPIKey returns a fresh random API key.
+func NewAPIKey() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return KeyPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// HashKey is the stored form of an API key.
+func HashKey(key string) []byte {
+	h := sha256.Sum256([]byte(key))
+	return h[:]
+}
+
+// CreateUser creates a user with one fresh API key and returns the plain key.
+func (s *Store) CreateUser(ctx context.Context, name string) (User, string, error) {
+	u := User{ID: uuid.NewString(), Name: name, CreatedAt: now(), ActiveKeys: 1}
+	key := NewAPIKey()
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3)", u.ID, u.Name, u.CreatedAt); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "INSERT INTO api_keys (id, user_id, key_hash) VALUES ($1, $2, $3)", uuid.NewString(), u.ID, HashKey(key))
+		return err
+	})
+	if err != nil {
+		return User{}, "", wrap("create user", err)
+	}
+	return u, key, nil
+}
+
+// ListUsers lists users, oldest first.
+func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
+	rows, err := s.pool.Query(ctx, `SELECT u.id::text, u.name, u.created_at,
+		(SELECT count(*) FROM api_keys k WHERE k.user_id = u.id AND k.revoked_at IS NULL)::int
+		FROM users u ORDER BY u.created_at, u.id`)
+	if err != nil {
+		return nil, wrap("list users", err)
+	}
+	us, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (User, error) {
+		var u User
+		err := r.Scan(&u.ID, &u.Name, &u.CreatedAt, &u.ActiveKeys)
+		u.CreatedAt = u.CreatedAt.UTC()
+		return u, err
+	})
+	return us, wrap("list users", err)
+}
+
+// userExists fails with ErrNotFound when the user does not exist.
+func userExists(ctx context.Context, tx pgx.Tx, userID string) error {
+	var one int
+	return tx.QueryRow(ctx, "SELECT 1 FROM users WHERE id = $1", userID).Scan(&one)
+}
+
+// RevokeKeys revokes every active key of a user and returns how many.
+func (s *Store) RevokeKeys(ctx context.Context, userID string) (int, error) {
+	if uuid.Validate(userID) != nil {
+		return 0, wrap("revoke keys", pgx.ErrNoRows)
+	}
+	var n int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := userExists(ctx, tx, userID); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", userID)
+		n = int(tag.RowsAffected())
+		return err
+	})
+	return n, wrap("revoke keys", err)
+}
+
+// RotateKey revokes every key of a user and returns a new one.
+func (s *Store) RotateKey(ctx context.Context, userID string) (string, error) {
+	if uuid.Validate(userID) != nil {
+		return "", wrap("rotate key", pgx.ErrNoRows)
+	}
+	key := NewAPIKey()
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := userExists(ctx, tx, userID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", userID); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "INSERT INTO api_keys (id, user_id, key_hash) VALUES ($1, $2, $3)", uuid.NewString(), userID, HashKey(key))
+		return err
+	})
+	if err != nil {
+		return "", wrap("rotate key", err)
+	}
+	return key, nil
+}
+
+// UserByKey returns the id of the user owning an active key, or ErrNotFound.
+func (s *Store) UserByKey(ctx context.Context, key string) (string, error) {
+	var id string
+	err := s.pool.QueryRow(ctx, "SELECT user_id::text FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", HashKey(key)).Scan(&id)
+	return id, wrap("authenticate", err)
+}

@@ -1,0 +1,187 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/stellohq/stello/llm"
+)
+
+// EstimateTokens is a rough token count: about four characters a token,
+// plus a few tokens of framing per message.
+func EstimateTokens(m llm.Message) int {
+	n := len(m.Content)/4 + 4
+	for _, c := range m.ToolCalls {
+		n += (len(c.Name)+len(c.Input))/4 + 4
+	}
+	return n
+}
+
+func estimateAll(ms []llm.Message) int {
+	n := 0
+	for _, m := range ms {
+		n += EstimateTokens(m)
+	}
+	return n
+}
+
+// assemble builds the messages of a turn in the documented order: system
+// prompt, scope, memory, pending insight, history within the budget (older
+// history replaced by a cached summary), then the new input.
+func (e *Engine) assemble(ctx context.Context, req TurnRequest) ([]llm.Message, error) {
+	var head []llm.Message
+	d := req.Session.Data
+	if d.SystemPrompt != nil && *d.SystemPrompt != "" {
+		head = append(head, llm.Message{Role: llm.RoleSystem, Content: *d.SystemPrompt})
+	}
+	if s := req.Session.Meta.Scope; s != nil && *s != "" {
+		head = append(head, llm.Message{Role: llm.RoleSystem, Content: "Scope of this session: " + *s})
+	}
+	if d.Memory != nil && *d.Memory != "" {
+		head = append(head, llm.Message{Role: llm.RoleSystem, Content: "Memory of this session so far:\n" + *d.Memory})
+	}
+	if d.Insight != nil && *d.Insight != "" {
+		head = append(head, llm.Message{Role: llm.RoleSystem, Content: "Insight from the coordinating session (consider it in this reply):\n" + *d.Insight})
+	}
+	input := llm.Message{Role: llm.RoleUser, Content: req.Input}
+
+	ms, err := e.store.MemoryState(ctx, req.Space.ID, req.Session.Meta.ID)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := e.store.RecordsAfter(ctx, req.Space.ID, req.Session.Meta.ID, ms.SummaryThrough)
+	if err != nil {
+		return nil, err
+	}
+	summary := ms.Summary
+	budget := e.opts.MaxContextTokens
+	fixed := estimateAll(head) + EstimateTokens(input) + e.opts.MaxTokens
+	history := sanitize(recs)
+	total := fixed + estimateAll(toMessages(history))
+	if summary != nil {
+		total += len(*summary)/4 + 4
+	}
+	if total > budget*8/10 && len(history) > 1 {
+		// Keep the newest whole turns within half of what is left and fold
+		// the rest into the summary.
+		keepBudget := (budget - fixed) / 2
+		cut := splitPoint(history, keepBudget)
+		if cut > 0 {
+			older := history[:cut]
+			s, err := e.summarise(ctx, summary, older)
+			if err != nil {
+				return nil, fmt.Errorf("summarise older history: %w", err)
+			}
+			through := older[len(older)-1].ID
+			if err := e.store.SaveSummary(ctx, req.Space.ID, req.Session.Meta.ID, s, through); err != nil {
+				return nil, err
+			}
+			summary = &s
+			history = history[cut:]
+		}
+	}
+	out := head
+	if summary != nil && *summary != "" {
+		out = append(out, llm.Message{Role: llm.RoleSystem, Content: "Summary of the earlier conversation:\n" + *summary})
+	}
+	out = append(out, toMessages(history)...)
+	return append(out, input), nil
+}
+
+func toMessages(recs []Record) []llm.Message {
+	out := make([]llm.Message, len(recs))
+	for i, r := range recs {
+		out[i] = r.Message()
+	}
+	return out
+}
+
+// splitPoint returns the index of the first record to keep: the oldest user
+// record such that everything from it fits keep tokens. Cutting only before a
+// user record never splits a tool-call group. 0 means nothing can be cut.
+func splitPoint(h []Record, keep int) int {
+	used := 0
+	cut := len(h)
+	for i := len(h) - 1; i >= 0; i-- {
+		used += EstimateTokens(h[i].Message())
+		if used > keep {
+			break
+		}
+		if h[i].Role == llm.RoleUser {
+			cut = i
+		}
+	}
+	if cut == len(h) {
+		// Not even the newest turn fits: keep only from the last user record.
+		for i := len(h) - 1; i > 0; i-- {
+			if h[i].Role == llm.RoleUser {
+				return i
+			}
+		}
+		return 0
+	}
+	return cut
+}
+
+// sanitize drops tool calls without results and results without calls, so
+// a provider never receives an unpaired tool call.
+func sanitize(recs []Record) []Record {
+	out := make([]Record, 0, len(recs))
+	for i := 0; i < len(recs); i++ {
+		r := recs[i]
+		switch {
+		case r.Role == llm.RoleAssistant && len(r.ToolCalls) > 0:
+			want := map[string]bool{}
+			for _, c := range r.ToolCalls {
+				want[c.ID] = true
+			}
+			j := i + 1
+			for j < len(recs) && recs[j].Role == llm.RoleTool && want[recs[j].ToolCallID] {
+				delete(want, recs[j].ToolCallID)
+				j++
+			}
+			if len(want) == 0 {
+				out = append(out, recs[i:j]...)
+			} else if r.Content != "" {
+				out = append(out, Record{ID: r.ID, Role: llm.RoleAssistant, Content: r.Content, CreatedAt: r.CreatedAt})
+			}
+			i = j - 1
+		case r.Role == llm.RoleTool:
+			// A result whose call is not right before it: drop.
+		default:
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (e *Engine) summarise(ctx context.Context, previous *string, older []Record) (string, error) {
+	var b strings.Builder
+	if previous != nil && *previous != "" {
+		b.WriteString("Previous summary:\n")
+		b.WriteString(*previous)
+		b.WriteString("\n\n")
+	}
+	b.WriteString("Conversation to summarise:\n")
+	writeTranscript(&b, older)
+	return e.complete(ctx, DefaultSummaryPrompt, b.String(), llm.FormatText)
+}
+
+func writeTranscript(b *strings.Builder, recs []Record) {
+	for _, r := range recs {
+		switch {
+		case r.Role == llm.RoleTool:
+			fmt.Fprintf(b, "[tool result] %s\n", r.Content)
+		case len(r.ToolCalls) > 0:
+			for _, c := range r.ToolCalls {
+				fmt.Fprintf(b, "[assistant called %s] %s\n", c.Name, string(c.Input))
+			}
+			if r.Content != "" {
+				fmt.Fprintf(b, "%s: %s\n", r.Role, r.Content)
+			}
+		default:
+			fmt.Fprintf(b, "%s: %s\n", r.Role, r.Content)
+		}
+	}
+}

@@ -1,0 +1,193 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/stellohq/stello/llm"
+)
+
+// Store is the storage the engine needs; pgstore.Store satisfies it.
+type Store interface {
+	RecordsAfter(ctx context.Context, spaceID, sessionID string, after int64) ([]Record, error)
+	CommitTurn(ctx context.Context, c TurnCommit) (int, []int64, error)
+	MemoryState(ctx context.Context, spaceID, sessionID string) (MemoryState, error)
+	WriteConsolidation(ctx context.Context, spaceID, sessionID, memory string, expect, through int64) (int64, bool, error)
+	WriteIntegration(ctx context.Context, spaceID, rootID, synthesis string, expect int64, insights []Insight) (int64, []string, bool, error)
+	ChildMemories(ctx context.Context, spaceID string) ([]ChildMemory, error)
+	SaveSummary(ctx context.Context, spaceID, sessionID, summary string, through int64) error
+}
+
+// Options tune the engine.
+type Options struct {
+	// MaxContextTokens is the budget of one model call (default 32000).
+	MaxContextTokens int
+	// MaxToolRounds bounds the tool loop of one turn (default 5).
+	MaxToolRounds int
+	// MaxTokens is the max output tokens of one call (0: provider default).
+	MaxTokens int
+}
+
+// Engine runs turns, consolidation and integration.
+type Engine struct {
+	store Store
+	llm   llm.Client
+	tools *Registry
+	opts  Options
+}
+
+// NewEngine returns an engine; tools nil means the built-in tools.
+func NewEngine(store Store, client llm.Client, tools *Registry, opts Options) *Engine {
+	if tools == nil {
+		tools = DefaultRegistry()
+	}
+	if opts.MaxContextTokens <= 0 {
+		opts.MaxContextTokens = 32000
+	}
+	if opts.MaxToolRounds <= 0 {
+		opts.MaxToolRounds = 5
+	}
+	return &Engine{store: store, llm: client, tools: tools, opts: opts}
+}
+
+// Tools returns the engine's tool registry, to which embedders may add.
+func (e *Engine) Tools() *Registry { return e.tools }
+
+// TurnRequest is one turn, with a snapshot of the space and session taken by
+// the space actor when the turn started.
+type TurnRequest struct {
+	Space   Space
+	Session State
+	Input   string
+	// OnDelta receives streamed text; nil for a non-streaming turn. It must
+	// not block.
+	OnDelta func(chunk string)
+	// Fork forks a child of this session (for the built-in tool).
+	Fork func(ctx context.Context, o ForkOptions) (Meta, error)
+}
+
+// TurnResult is the outcome of a committed turn.
+type TurnResult struct {
+	FinalContent      *string
+	ToolRoundCount    int
+	ToolCallsExecuted int
+	RawResponse       string
+	// TurnCount is the session's turn count after the commit.
+	TurnCount int
+	// ConsumedInsight is the insight shown to the model, now cleared.
+	ConsumedInsight *string
+	At              time.Time
+}
+
+// Turn runs one turn: it assembles the context, calls the model, runs the
+// tool loop and commits everything in one transaction. On any error nothing
+// of the turn is persisted.
+func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) {
+	if strings.TrimSpace(req.Input) == "" {
+		return TurnResult{}, &FieldError{Field: "input", Msg: "is required and must be non-empty"}
+	}
+	msgs, err := e.assemble(ctx, req)
+	if err != nil {
+		return TurnResult{}, err
+	}
+	now := time.Now().UTC()
+	recs := []Record{{Role: llm.RoleUser, Content: req.Input, CreatedAt: now}}
+	env := ToolEnv{SpaceID: req.Space.ID, SessionID: req.Session.Meta.ID, Fork: req.Fork}
+	tools := e.tools.Definitions()
+	var res TurnResult
+	for {
+		call := llm.Request{Messages: msgs, Tools: tools, MaxTokens: e.opts.MaxTokens}
+		resp, err := e.call(ctx, call, req.OnDelta)
+		if err != nil {
+			return TurnResult{}, ctxErr(ctx, err)
+		}
+		res.RawResponse = resp.Raw
+		if len(resp.ToolCalls) == 0 {
+			content := resp.Content
+			res.FinalContent = &content
+			recs = append(recs, Record{Role: llm.RoleAssistant, Content: content})
+			break
+		}
+		if res.ToolRoundCount >= e.opts.MaxToolRounds {
+			return TurnResult{}, fmt.Errorf("the model asked for tool round %d, over the limit of %d: %w",
+				res.ToolRoundCount+1, e.opts.MaxToolRounds, ErrToolLimit)
+		}
+		res.ToolRoundCount++
+		calls := normaliseCalls(resp.ToolCalls, res.ToolRoundCount)
+		asst := llm.Message{Role: llm.RoleAssistant, Content: resp.Content, ToolCalls: calls}
+		msgs = append(msgs, asst)
+		recs = append(recs, Record{Role: llm.RoleAssistant, Content: resp.Content, ToolCalls: calls})
+		for _, tc := range calls {
+			out, _ := e.tools.Call(ctx, env, tc.Name, tc.Input)
+			res.ToolCallsExecuted++
+			msgs = append(msgs, llm.Message{Role: llm.RoleTool, Content: out, ToolCallID: tc.ID})
+			recs = append(recs, Record{Role: llm.RoleTool, Content: out, ToolCallID: tc.ID})
+		}
+		if err := ctx.Err(); err != nil {
+			return TurnResult{}, ctxErr(ctx, err)
+		}
+	}
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	for i := range recs {
+		recs[i].CreatedAt = at
+	}
+	turns, _, err := e.store.CommitTurn(ctx, TurnCommit{SpaceID: req.Space.ID, SessionID: req.Session.Meta.ID,
+		Records: recs, ConsumedInsight: req.Session.Data.Insight, At: at})
+	if err != nil {
+		return TurnResult{}, ctxErr(ctx, err)
+	}
+	res.TurnCount = turns
+	res.ConsumedInsight = req.Session.Data.Insight
+	res.At = at
+	return res, nil
+}
+
+// normaliseCalls gives every call an id and valid JSON input, so that the
+// stored history always pairs a call with its result.
+func normaliseCalls(calls []llm.ToolCall, round int) []llm.ToolCall {
+	out := make([]llm.ToolCall, len(calls))
+	for i, c := range calls {
+		if c.ID == "" {
+			c.ID = fmt.Sprintf("call_r%d_%d", round, i)
+		}
+		if len(c.Input) == 0 || !json.Valid(c.Input) {
+			c.Input = json.RawMessage("{}")
+		}
+		out[i] = c
+	}
+	return out
+}
+
+// ctxErr reports a deadline as a timeout whatever layer noticed it.
+func ctxErr(ctx context.Context, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) && !errors.Is(err, llm.ErrTimeout) {
+		return fmt.Errorf("turn deadline exceeded: %w: %w", llm.ErrTimeout, err)
+	}
+	return err
+}
+
+func (e *Engine) call(ctx context.Context, req llm.Request, onDelta func(string)) (*llm.Response, error) {
+	if onDelta == nil {
+		return e.llm.Complete(ctx, req)
+	}
+	return e.llm.Stream(ctx, req, func(d llm.Delta) error {
+		if d.Text != "" {
+			onDelta(d.Text)
+		}
+		return nil
+	})
+}
+
+// complete is a plain text call for memory work; think blocks are stripped.
+func (e *Engine) complete(ctx context.Context, system, user string, format llm.Format) (string, error) {
+	resp, err := e.llm.Complete(ctx, llm.Request{Messages: []llm.Message{
+		{Role: llm.RoleSystem, Content: system}, {Role: llm.RoleUser, Content: user}}, MaxTokens: e.opts.MaxTokens, Format: format})
+	if err != nil {
+		return "", err
+	}
+	return llm.StripThink(resp.Content), nil
+}

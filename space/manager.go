@@ -1,0 +1,302 @@
+package space
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/stellohq/stello/actor"
+	"github.com/stellohq/stello/session"
+)
+
+// Options configure a Manager.
+type Options struct {
+	IdleTTL          time.Duration
+	MailboxSize      int
+	SessionQueue     int           // turns that may wait behind a running turn (default 8)
+	TurnTimeout      time.Duration // deadline of a whole turn (default 2m)
+	ConsolidateEvery int           // 0 disables automatic consolidation
+	// IntegrateDelay debounces integration after consolidations (default 2s).
+	IntegrateDelay time.Duration
+	// MemoryTimeout bounds one consolidation or integration (default 2m).
+	MemoryTimeout time.Duration
+}
+
+// Manager is the handle on every space actor: the agent pool.
+type Manager struct {
+	opts    Options
+	store   Store
+	engine  Engine
+	log     *zap.Logger
+	sys     *actor.System
+	metrics managerMetrics
+}
+
+type managerMetrics struct {
+	loads atomic.Uint64
+}
+
+// NewManager starts the actor system. engine may be nil, in which case
+// turns and memory operations fail with ErrNoEngine.
+func NewManager(opts Options, store Store, engine Engine, log *zap.Logger) *Manager {
+	if opts.SessionQueue <= 0 {
+		opts.SessionQueue = 8
+	}
+	if opts.TurnTimeout <= 0 {
+		opts.TurnTimeout = 2 * time.Minute
+	}
+	if opts.IntegrateDelay <= 0 {
+		opts.IntegrateDelay = 2 * time.Second
+	}
+	if opts.MemoryTimeout <= 0 {
+		opts.MemoryTimeout = 2 * time.Minute
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	m := &Manager{opts: opts, store: store, engine: engine, log: log}
+	m.sys = actor.NewSystem(actor.Options{IdleTTL: opts.IdleTTL, MailboxSize: opts.MailboxSize}, m.newActor)
+	return m
+}
+
+// System exposes the actor system (Get, Evict, Len, Close, Stats).
+func (m *Manager) System() *actor.System { return m.sys }
+
+// Len returns the number of resident space actors.
+func (m *Manager) Len() int { return m.sys.Len() }
+
+// Evict asks a space's actor to stop once idle.
+func (m *Manager) Evict(spaceID string) bool { return m.sys.Evict(spaceID) }
+
+// Close stops every actor and waits for running tasks, or until ctx ends.
+func (m *Manager) Close(ctx context.Context) error { return m.sys.Close(ctx) }
+
+// do runs fn on the space's actor after the ownership check and waits for
+// its answer. An id that is not a UUID is ErrNotFound.
+func (m *Manager) do(ctx context.Context, userID, spaceID string, fn func(s *spaceActor) (any, error)) (any, error) {
+	if uuid.Validate(spaceID) != nil {
+		return nil, fmt.Errorf("space %q: %w", spaceID, session.ErrNotFound)
+	}
+	c := &call{ctx: ctx, userID: userID, fn: fn, reply: make(chan result, 1)}
+	if err := m.sys.Send(spaceID, c); err != nil {
+		return nil, mapSendErr(err)
+	}
+	select {
+	case r := <-c.reply:
+		return r.v, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func mapSendErr(err error) error {
+	switch {
+	case errors.Is(err, actor.ErrBusy):
+		return fmt.Errorf("space mailbox full: %w", session.ErrBusy)
+	case errors.Is(err, actor.ErrClosed), errors.Is(err, actor.ErrStopped):
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
+func doTyped[T any](ctx context.Context, m *Manager, userID, spaceID string, fn func(s *spaceActor) (T, error)) (T, error) {
+	v, err := m.do(ctx, userID, spaceID, func(s *spaceActor) (any, error) { return fn(s) })
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v.(T), nil
+}
+
+// CreateSpace creates a space with its root session.
+func (m *Manager) CreateSpace(ctx context.Context, userID string, in session.SpaceInput) (session.Space, error) {
+	if err := session.ValidateLabel(in.Label); err != nil {
+		return session.Space{}, err
+	}
+	sp, _, err := m.store.CreateSpace(ctx, userID, in)
+	return sp, err
+}
+
+// ListSpaces lists the user's spaces, oldest first.
+func (m *Manager) ListSpaces(ctx context.Context, userID string) ([]session.Space, error) {
+	return m.store.ListSpaces(ctx, userID)
+}
+
+// GetSpace returns a space the user owns.
+func (m *Manager) GetSpace(ctx context.Context, userID, spaceID string) (session.Space, error) {
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (session.Space, error) { return s.space, nil })
+}
+
+// UpdateSpace patches a space; a new system prompt also goes to the root
+// session.
+func (m *Manager) UpdateSpace(ctx context.Context, userID, spaceID string, p session.SpacePatch) (session.Space, error) {
+	if p.Label != nil {
+		if err := session.ValidateLabel(*p.Label); err != nil {
+			return session.Space{}, err
+		}
+	}
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (session.Space, error) {
+		sp, err := m.store.UpdateSpace(ctx, spaceID, p)
+		if err != nil {
+			return session.Space{}, err
+		}
+		s.space = sp
+		if p.SetSystemPrompt {
+			s.tree.root.data.SystemPrompt = p.SystemPrompt
+		}
+		return sp, nil
+	})
+}
+
+// CloseDeleted is the WebSocket close code sent when a space is deleted.
+const CloseDeleted = 4404
+
+// DeleteSpace deletes a space, stops its actor and closes its connections.
+func (m *Manager) DeleteSpace(ctx context.Context, userID, spaceID string) error {
+	_, err := m.do(ctx, userID, spaceID, func(s *spaceActor) (any, error) {
+		if err := m.store.DeleteSpace(ctx, spaceID); err != nil {
+			return nil, err
+		}
+		s.closeConns(CloseDeleted, "space deleted")
+		s.a.StopSelf(fmt.Errorf("space deleted: %w", session.ErrNotFound))
+		return nil, nil
+	})
+	return err
+}
+
+// Tree returns the session tree.
+func (m *Manager) Tree(ctx context.Context, userID, spaceID string) (*TreeNode, error) {
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (*TreeNode, error) { return s.tree.build(s.tree.root), nil })
+}
+
+// Session returns one session's metadata.
+func (m *Manager) Session(ctx context.Context, userID, spaceID, sessionID string) (SessionView, error) {
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (SessionView, error) {
+		n, err := s.node(sessionID)
+		if err != nil {
+			return SessionView{}, err
+		}
+		return n.view(), nil
+	})
+}
+
+// Messages returns a page of a session's records. The actor only checks
+// that the session is in the space; the records are read from the database
+// outside the actor.
+func (m *Manager) Messages(ctx context.Context, userID, spaceID, sessionID string, limit, offset int) ([]session.Record, error) {
+	if _, err := m.Session(ctx, userID, spaceID, sessionID); err != nil {
+		return nil, err
+	}
+	return m.store.ListRecords(ctx, spaceID, sessionID, limit, offset)
+}
+
+// Fork creates a child session.
+func (m *Manager) Fork(ctx context.Context, userID, spaceID, parentID string, o session.ForkOptions) (SessionView, error) {
+	if err := o.Validate(); err != nil {
+		return SessionView{}, err
+	}
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (SessionView, error) { return s.fork(ctx, parentID, o) })
+}
+
+// Archive archives a session; the root cannot be archived.
+func (m *Manager) Archive(ctx context.Context, userID, spaceID, sessionID string) (SessionView, error) {
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (SessionView, error) {
+		n, err := s.node(sessionID)
+		if err != nil {
+			return SessionView{}, err
+		}
+		if n.meta.Role == session.RoleMain {
+			return SessionView{}, fmt.Errorf("the root session cannot be archived: %w", session.ErrConflict)
+		}
+		if n.meta.Status == session.StatusArchived {
+			return n.view(), nil
+		}
+		t, err := m.store.ArchiveSession(ctx, spaceID, sessionID)
+		if err != nil {
+			return SessionView{}, err
+		}
+		n.meta.Status = session.StatusArchived
+		n.meta.UpdatedAt = t
+		return n.view(), nil
+	})
+}
+
+// Slot reads a session data slot.
+func (m *Manager) Slot(ctx context.Context, userID, spaceID, sessionID string, slot session.Slot) (*string, error) {
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (*string, error) {
+		n, err := s.node(sessionID)
+		if err != nil {
+			return nil, err
+		}
+		return n.data.Get(slot), nil
+	})
+}
+
+// SetSlot writes a session data slot; archived sessions refuse writes.
+func (m *Manager) SetSlot(ctx context.Context, userID, spaceID, sessionID string, slot session.Slot, content string) (*string, error) {
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (*string, error) {
+		n, err := s.writable(sessionID)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.store.SetSlot(ctx, spaceID, sessionID, slot, &content); err != nil {
+			return nil, err
+		}
+		n.data.Set(slot, &content)
+		return &content, nil
+	})
+}
+
+// Bootstrap is what a WebSocket client receives on session.enter.
+type Bootstrap struct {
+	Core          *string   // the root session's memory (the synthesis)
+	Memories      []*string // memory of each ancestor, nearest first
+	CurrentMemory *string
+	Scope         *string
+	Session       SessionView
+}
+
+// Enter checks the session and returns its bootstrap.
+func (m *Manager) Enter(ctx context.Context, userID, spaceID, sessionID string) (Bootstrap, error) {
+	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (Bootstrap, error) {
+		n, err := s.node(sessionID)
+		if err != nil {
+			return Bootstrap{}, err
+		}
+		b := Bootstrap{Core: s.tree.root.data.Memory, CurrentMemory: n.data.Memory, Scope: n.meta.Scope, Session: n.view(),
+			Memories: []*string{}}
+		for _, a := range s.tree.ancestors(n) {
+			b.Memories = append(b.Memories, a.data.Memory)
+		}
+		return b, nil
+	})
+}
+
+// Attach binds a connection to the space after checking ownership.
+func (m *Manager) Attach(ctx context.Context, userID, spaceID string, c Conn) error {
+	_, err := m.do(ctx, userID, spaceID, func(s *spaceActor) (any, error) {
+		s.conns[c] = struct{}{}
+		return nil, nil
+	})
+	return err
+}
+
+// Detach unbinds a connection. It never waits and is never refused by a
+// full mailbox.
+func (m *Manager) Detach(spaceID string, c Conn) {
+	m.sys.Tell(spaceID, &call{ctx: context.Background(), fn: func(s *spaceActor) (any, error) {
+		delete(s.conns, c)
+		return nil, nil
+	}, reply: make(chan result, 1)})
+}
+
+// Conns returns the number of connections bound to a space (for tests and
+// metrics).
+func (m *Manager) Conns(ctx context.Context, spaceID string) (int, error) {
+	return doTyped(ctx, m, "", spaceID, func(s *spaceActor) (int, error) { return len(s.conns), nil })
+}

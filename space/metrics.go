@@ -1,0 +1,81 @@
+package space
+
+import (
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stellohq/stello/llm"
+)
+
+var (
+	turnsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stello_turns_total", Help: "Turns by result (ok, llm_error, timeout, error).",
+	}, []string{"result"})
+	turnSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "stello_turn_duration_seconds", Help: "Duration of turns, model time included.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+	})
+	consolidationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stello_consolidations_total", Help: "Consolidations by result (ok, error).",
+	}, []string{"result"})
+	integrationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stello_integrations_total", Help: "Integrations by result (ok, error).",
+	}, []string{"result"})
+)
+
+// Collectors returns the package's metrics plus gauges over the manager's
+// actor system, for registration.
+func (m *Manager) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		turnsTotal, turnSeconds, consolidationsTotal, integrationsTotal,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_active_actors", Help: "Resident space actors."},
+			func() float64 { return float64(m.sys.Stats().Active) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_mailbox_depth", Help: "Messages waiting in all space mailboxes."},
+			func() float64 { return float64(m.sys.Stats().Queued) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "stello_actor_evictions_total", Help: "Space actors evicted after their idle TTL."},
+			func() float64 { return float64(m.sys.Stats().Evictions) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "stello_actor_starts_total", Help: "Space actors started."},
+			func() float64 { return float64(m.sys.Stats().Started) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "stello_mailbox_full_total", Help: "Messages refused because a mailbox was full."},
+			func() float64 { return float64(m.sys.Stats().Busy) }),
+	}
+}
+
+func (m *Manager) observeTurn(d time.Duration, err error) {
+	turnSeconds.Observe(d.Seconds())
+	turnsTotal.WithLabelValues(resultLabel(err)).Inc()
+}
+
+func (m *Manager) observeMemory(kind string, err error) {
+	r := "ok"
+	if err != nil {
+		r = "error"
+	}
+	if kind == "consolidate" {
+		consolidationsTotal.WithLabelValues(r).Inc()
+	} else {
+		integrationsTotal.WithLabelValues(r).Inc()
+	}
+}
+
+func resultLabel(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, llm.ErrTimeout):
+		return "timeout"
+	case errors.Is(err, llm.ErrProvider):
+		return "llm_error"
+	}
+	return "error"
+}
+
+func parseID(id string) (string, error) {
+	if err := uuid.Validate(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}

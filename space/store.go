@@ -1,0 +1,26 @@
+// Package space runs each space as an actor that owns the space row, its
+// session tree with every session's data slots, the per-session turn queues
+// and the set of live connections. Manager is the handle transport uses.
+package space
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/stellohq/stello/session"
+)
+
+// Store is the storage the space actors need.
+type Store interface {
+	CreateSpace(ctx context.Context, userID string, in session.SpaceInput) (session.Space, session.State, error)
+	ListSpaces(ctx context.Context, userID string) ([]session.Space, error)
+	LoadSpace(ctx context.Context, spaceID string) (session.Space, []session.State, error)
+	UpdateSpace(ctx context.Context, spaceID string, p session.SpacePatch) (session.Space, error)
+	DeleteSpace(ctx context.Context, spaceID string) error
+	CreateSession(ctx context.Context, st session.State, inherit bool, prompt *string) error
+	ArchiveSession(ctx context.Context, spaceID, sessionID string) (time.Time, error)
+	SetSlot(ctx context.Context, spaceID, sessionID string, slot session.Slot, content *string) error
+	ListRecords(ctx context.Context, spaceID, sessionID string, limit, offset int) ([]session.Record, error)
+	SetSpaceValue(ctx context.Context, spaceID, key string, value json.RawMessage) error
+}

@@ -1,0 +1,212 @@
+package transport
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/puzpuzpuz/xsync/v3"
+	"go.uber.org/zap"
+
+	"github.com/stellohq/stello/space"
+)
+
+// Options configure the wire.
+type Options struct {
+	// MaxBodyBytes bounds request bodies (default 1 MiB).
+	MaxBodyBytes int64
+	// WSMaxMessageBytes bounds incoming WebSocket frames (default 1 MiB).
+	WSMaxMessageBytes int64
+	// KeyCacheTTL is how long a key lookup is remembered, so the longest a
+	// revoked key keeps working (default 30s; 0 disables the cache).
+	KeyCacheTTL time.Duration
+	// WSPingInterval is how often idle connections are pinged (default 30s);
+	// a peer that does not answer within two intervals is dropped.
+	WSPingInterval time.Duration
+	// WSWriteTimeout bounds one write to a peer (default 10s).
+	WSWriteTimeout time.Duration
+	// WSSendQueue bounds messages queued for one peer (default 256); a peer
+	// that falls further behind is disconnected.
+	WSSendQueue int
+	// Pprof mounts /debug/pprof when true.
+	Pprof bool
+}
+
+// Pinger checks that the database answers, for /readyz.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Server is the HTTP and WebSocket front of Stello.
+type Server struct {
+	opts     Options
+	spaces   *space.Manager
+	keys     *keyCache
+	db       Pinger
+	log      *zap.Logger
+	registry *prometheus.Registry
+	router   chi.Router
+
+	conns    *xsync.MapOf[*wsConn, struct{}]
+	closing  atomic.Bool
+	wsActive prometheus.Gauge
+	wsTotal  prometheus.Counter
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	hub      *pingHub
+}
+
+// New builds the server. registry receives Stello's metrics and is served on
+// /metrics.
+func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap.Logger, registry *prometheus.Registry) *Server {
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.WSMaxMessageBytes <= 0 {
+		opts.WSMaxMessageBytes = 1 << 20
+	}
+	if opts.WSPingInterval <= 0 {
+		opts.WSPingInterval = 30 * time.Second
+	}
+	if opts.WSWriteTimeout <= 0 {
+		opts.WSWriteTimeout = 10 * time.Second
+	}
+	if opts.WSSendQueue <= 0 {
+		opts.WSSendQueue = 256
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if registry == nil {
+		registry = prometheus.NewRegistry()
+	}
+	s := &Server{opts: opts, spaces: spaces, keys: newKeyCache(keys, opts.KeyCacheTTL), db: db, log: log, registry: registry,
+		conns: xsync.NewMapOf[*wsConn, struct{}]()}
+	s.wsActive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "stello_ws_connections", Help: "Open WebSocket connections."})
+	s.wsTotal = prometheus.NewCounter(prometheus.CounterOpts{Name: "stello_ws_connections_total", Help: "WebSocket connections accepted."})
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stello_http_requests_total",
+		Help: "HTTP requests by route, method and status."}, []string{"route", "method", "status"})
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "stello_http_request_duration_seconds",
+		Help: "HTTP request duration by route.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"route"})
+	_ = registry.Register(s.wsActive)
+	_ = registry.Register(s.wsTotal)
+	_ = registry.Register(s.requests)
+	_ = registry.Register(s.latency)
+	s.hub = newPingHub(s)
+	s.router = s.routes()
+	return s
+}
+
+// Handler returns the root handler.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Close stops the ping hub and closes every WebSocket with code 1001.
+func (s *Server) Close() {
+	s.closing.Store(true)
+	s.hub.stop()
+	s.conns.Range(func(c *wsConn, _ struct{}) bool {
+		c.CloseWith(1001, "server shutting down")
+		return true
+	})
+}
+
+// observe records the request count and latency by route pattern.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		route := "unmatched"
+		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+			route = rc.RoutePattern()
+		}
+		s.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
+		s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.status = code
+		w.wrote = true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(s.observe)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNotFound) })
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, apiErr(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" is not allowed on "+r.URL.Path))
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	r.Get("/readyz", s.readyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+	if s.opts.Pprof {
+		mountPprof(r)
+	}
+	r.Route("/spaces", func(r chi.Router) {
+		r.Use(s.authenticate)
+		r.Post("/", s.createSpace)
+		r.Get("/", s.listSpaces)
+		r.Route("/{spaceId}", func(r chi.Router) {
+			r.Get("/", s.getSpace)
+			r.Patch("/", s.patchSpace)
+			r.Delete("/", s.deleteSpace)
+			r.Post("/integrate", s.integrate)
+			r.Get("/ws", s.serveWS)
+			r.Get("/sessions", s.tree)
+			r.Route("/sessions/{id}", func(r chi.Router) {
+				r.Get("/", s.getSession)
+				r.Get("/messages", s.messages)
+				r.Post("/turn", s.turn)
+				r.Post("/fork", s.fork)
+				r.Post("/archive", s.archive)
+				r.Post("/consolidate", s.consolidate)
+				r.Get("/system-prompt", s.getSlot)
+				r.Put("/system-prompt", s.putSlot)
+				r.Get("/memory", s.getSlot)
+				r.Get("/insight", s.getSlot)
+				r.Get("/consolidate-prompt", s.getSlot)
+				r.Put("/consolidate-prompt", s.putSlot)
+				r.Get("/integrate-prompt", s.getSlot)
+				r.Put("/integrate-prompt", s.putSlot)
+			})
+		})
+	})
+	return r
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.closing.Load() {
+		s.writeError(w, r, apiErr(http.StatusServiceUnavailable, "UNAVAILABLE", "shutting down"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.db.Ping(ctx); err != nil {
+		s.writeError(w, r, apiErr(http.StatusServiceUnavailable, "UNAVAILABLE", "database unreachable"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
