@@ -21,7 +21,6 @@ type counter struct {
 	idle     atomic.Bool
 	stopped  atomic.Bool
 	rejected atomic.Int32
-	block    chan struct{}
 }
 
 func (c *counter) Receive(msg any) {

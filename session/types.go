@@ -221,7 +221,6 @@ type State struct {
 	Data Data
 }
 
-
 // MemoryState is what memory work reads of a session.
 type MemoryState struct {
 	Memory              *string

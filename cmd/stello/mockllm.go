@@ -28,5 +28,3 @@ func cmdMockLLM(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	return mockllm.Run(ctx, *addr, cfg, func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) })
 }
-
-
