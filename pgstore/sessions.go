@@ -157,37 +157,45 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 			callIDs[i] = &id
 		}
 	}
+	// One batch is one round trip and runs in one implicit transaction:
+	// either every statement commits or none does.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
+		SELECT $1, $2, t.role, t.content, t.calls, t.call_id, $7
+		FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[]) WITH ORDINALITY AS t(role, content, calls, call_id, n)
+		ORDER BY t.n RETURNING id`, c.SpaceID, c.SessionID, roles, contents, calls, callIDs, c.At)
+	b.Queue(`UPDATE sessions SET turn_count = turn_count + 1, last_active_at = $3, updated_at = $3
+		WHERE space_id = $1 AND id = $2 RETURNING turn_count`, c.SpaceID, c.SessionID, c.At)
+	if c.ConsumedInsight != nil {
+		b.Queue(`UPDATE session_data SET insight = NULL WHERE space_id = $1 AND session_id = $2 AND insight = $3`,
+			c.SpaceID, c.SessionID, *c.ConsumedInsight)
+	}
 	var turns int
 	var ids []int64
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		b.Queue(`INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
-			SELECT $1, $2, t.role, t.content, t.calls, t.call_id, $7
-			FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[]) WITH ORDINALITY AS t(role, content, calls, call_id, n)
-			ORDER BY t.n RETURNING id`, c.SpaceID, c.SessionID, roles, contents, calls, callIDs, c.At)
-		b.Queue(`UPDATE sessions SET turn_count = turn_count + 1, last_active_at = $3, updated_at = $3
-			WHERE space_id = $1 AND id = $2 RETURNING turn_count`, c.SpaceID, c.SessionID, c.At)
-		if c.ConsumedInsight != nil {
-			b.Queue(`UPDATE session_data SET insight = NULL WHERE space_id = $1 AND session_id = $2 AND insight = $3`,
-				c.SpaceID, c.SessionID, *c.ConsumedInsight)
-		}
-		br := tx.SendBatch(ctx, b)
+	err := func() error {
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
 		rows, err := br.Query()
 		if err != nil {
-			br.Close()
 			return err
 		}
 		ids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
 		if err != nil {
-			br.Close()
 			return err
 		}
 		if err := br.QueryRow().Scan(&turns); err != nil {
-			br.Close()
 			return err
 		}
+		if c.ConsumedInsight != nil {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
 		return br.Close()
-	})
+	}()
+	if err == nil && len(ids) != len(c.Records) {
+		err = fmt.Errorf("wrote %d of %d records", len(ids), len(c.Records))
+	}
 	if err != nil {
 		return 0, nil, wrap("commit turn", err)
 	}

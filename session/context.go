@@ -28,8 +28,9 @@ func estimateAll(ms []llm.Message) int {
 
 // assemble builds the messages of a turn in the documented order: system
 // prompt, scope, memory, pending insight, history within the budget (older
-// history replaced by a cached summary), then the new input.
-func (e *Engine) assemble(ctx context.Context, req TurnRequest) ([]llm.Message, error) {
+// history replaced by a cached summary), then the new input. It returns the
+// history as it stands after any summarisation.
+func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) ([]llm.Message, *History, error) {
 	var head []llm.Message
 	d := req.Session.Data
 	if d.SystemPrompt != nil && *d.SystemPrompt != "" {
@@ -46,18 +47,10 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest) ([]llm.Message, 
 	}
 	input := llm.Message{Role: llm.RoleUser, Content: req.Input}
 
-	ms, err := e.store.MemoryState(ctx, req.Space.ID, req.Session.Meta.ID)
-	if err != nil {
-		return nil, err
-	}
-	recs, err := e.store.RecordsAfter(ctx, req.Space.ID, req.Session.Meta.ID, ms.SummaryThrough)
-	if err != nil {
-		return nil, err
-	}
-	summary := ms.Summary
+	summary := hist.Summary
 	budget := e.opts.MaxContextTokens
 	fixed := estimateAll(head) + EstimateTokens(input) + e.opts.MaxTokens
-	history := sanitize(recs)
+	history := sanitize(hist.Records)
 	total := fixed + estimateAll(toMessages(history))
 	if summary != nil {
 		total += len(*summary)/4 + 4
@@ -71,14 +64,25 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest) ([]llm.Message, 
 			older := history[:cut]
 			s, err := e.summarise(ctx, summary, older)
 			if err != nil {
-				return nil, fmt.Errorf("summarise older history: %w", err)
+				return nil, nil, fmt.Errorf("summarise older history: %w", err)
 			}
 			through := older[len(older)-1].ID
 			if err := e.store.SaveSummary(ctx, req.Space.ID, req.Session.Meta.ID, s, through); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			summary = &s
 			history = history[cut:]
+			kept := hist.Records[len(hist.Records)-len(history):]
+			if len(history) > 0 {
+				// sanitize may have dropped records: keep from the first kept id.
+				for i, r := range hist.Records {
+					if r.ID == history[0].ID {
+						kept = hist.Records[i:]
+						break
+					}
+				}
+			}
+			hist = &History{Summary: summary, SummaryThrough: through, Records: append([]Record(nil), kept...)}
 		}
 	}
 	out := head
@@ -86,7 +90,7 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest) ([]llm.Message, 
 		out = append(out, llm.Message{Role: llm.RoleSystem, Content: "Summary of the earlier conversation:\n" + *summary})
 	}
 	out = append(out, toMessages(history)...)
-	return append(out, input), nil
+	return append(out, input), hist, nil
 }
 
 func toMessages(recs []Record) []llm.Message {

@@ -68,6 +68,18 @@ type TurnRequest struct {
 	OnDelta func(chunk string)
 	// Fork forks a child of this session (for the built-in tool).
 	Fork func(ctx context.Context, o ForkOptions) (Meta, error)
+	// History is the caller's cached history of the session (records since
+	// the cached summary); nil makes the engine read it from the store.
+	// The engine never modifies it.
+	History *History
+}
+
+// History is a session's conversation as the model sees it: the summary of
+// older records and every record after it.
+type History struct {
+	Summary        *string
+	SummaryThrough int64
+	Records        []Record
 }
 
 // TurnResult is the outcome of a committed turn.
@@ -81,6 +93,9 @@ type TurnResult struct {
 	// ConsumedInsight is the insight shown to the model, now cleared.
 	ConsumedInsight *string
 	At              time.Time
+	// History is the session's history after this turn, for the caller's
+	// cache.
+	History *History
 }
 
 // Turn runs one turn: it assembles the context, calls the model, runs the
@@ -90,7 +105,15 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 	if strings.TrimSpace(req.Input) == "" {
 		return TurnResult{}, &FieldError{Field: "input", Msg: "is required and must be non-empty"}
 	}
-	msgs, err := e.assemble(ctx, req)
+	hist := req.History
+	if hist == nil {
+		h, err := e.LoadHistory(ctx, req.Space.ID, req.Session.Meta.ID)
+		if err != nil {
+			return TurnResult{}, err
+		}
+		hist = h
+	}
+	msgs, hist, err := e.assemble(ctx, req, hist)
 	if err != nil {
 		return TurnResult{}, err
 	}
@@ -135,15 +158,34 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 	for i := range recs {
 		recs[i].CreatedAt = at
 	}
-	turns, _, err := e.store.CommitTurn(ctx, TurnCommit{SpaceID: req.Space.ID, SessionID: req.Session.Meta.ID,
+	turns, ids, err := e.store.CommitTurn(ctx, TurnCommit{SpaceID: req.Space.ID, SessionID: req.Session.Meta.ID,
 		Records: recs, ConsumedInsight: req.Session.Data.Insight, At: at})
 	if err != nil {
 		return TurnResult{}, ctxErr(ctx, err)
 	}
+	for i := range recs {
+		recs[i].ID = ids[i]
+	}
+	// Appending never changes the records the caller's cache holds: it
+	// writes past their length, and turns on a session are serial.
+	res.History = &History{Summary: hist.Summary, SummaryThrough: hist.SummaryThrough, Records: append(hist.Records, recs...)}
 	res.TurnCount = turns
 	res.ConsumedInsight = req.Session.Data.Insight
 	res.At = at
 	return res, nil
+}
+
+// LoadHistory reads a session's summary and the records after it.
+func (e *Engine) LoadHistory(ctx context.Context, spaceID, sessionID string) (*History, error) {
+	ms, err := e.store.MemoryState(ctx, spaceID, sessionID)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := e.store.RecordsAfter(ctx, spaceID, sessionID, ms.SummaryThrough)
+	if err != nil {
+		return nil, err
+	}
+	return &History{Summary: ms.Summary, SummaryThrough: ms.SummaryThrough, Records: recs}, nil
 }
 
 // normaliseCalls gives every call an id and valid JSON input, so that the

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/actor"
@@ -79,7 +78,7 @@ func (m *Manager) Close(ctx context.Context) error { return m.sys.Close(ctx) }
 // do runs fn on the space's actor after the ownership check and waits for
 // its answer. An id that is not a UUID is ErrNotFound.
 func (m *Manager) do(ctx context.Context, userID, spaceID string, fn func(s *spaceActor) (any, error)) (any, error) {
-	if uuid.Validate(spaceID) != nil {
+	if _, err := parseID(spaceID); err != nil {
 		return nil, fmt.Errorf("space %q: %w", spaceID, session.ErrNotFound)
 	}
 	c := &call{ctx: ctx, userID: userID, fn: fn, reply: make(chan result, 1)}

@@ -73,9 +73,16 @@ func resultLabel(err error) string {
 	return "error"
 }
 
+// parseID accepts only the canonical spelling of a UUID (lower case, with
+// hyphens): the id is the actor's key, so another spelling of the same UUID
+// would start a second actor for the same space.
 func parseID(id string) (string, error) {
-	if err := uuid.Validate(id); err != nil {
+	u, err := uuid.Parse(id)
+	if err != nil {
 		return "", err
+	}
+	if u.String() != id {
+		return "", errors.New("not a canonical UUID")
 	}
 	return id, nil
 }

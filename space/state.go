@@ -14,6 +14,11 @@ type node struct {
 
 	running bool        // a turn is running on this session
 	queue   []*turnCall // turns waiting behind it, in arrival order
+
+	// hist caches the session's history (summary and the records after
+	// it) once a turn has run, so later turns read nothing from the
+	// database before calling the model.
+	hist *session.History
 }
 
 // SessionView is a copy of a session's metadata with its children's ids.

@@ -109,6 +109,7 @@ func (s *spaceActor) startTurn(n *node, tc *turnCall) {
 		Input:   tc.input,
 		OnDelta: tc.onDelta,
 		Fork:    s.m.forkFunc(s.space.ID, n.meta.ID),
+		History: n.hist,
 	}
 	engine, timeout := s.m.engine, s.m.opts.TurnTimeout
 	s.a.Go(func(ctx context.Context) any {
@@ -154,6 +155,7 @@ func (s *spaceActor) finishTurn(d *turnDone) {
 		if c := d.res.ConsumedInsight; c != nil && n.data.Insight != nil && *n.data.Insight == *c {
 			n.data.Insight = nil
 		}
+		n.hist = d.res.History
 	}
 	select {
 	case d.call.reply <- turnReply{res: d.res, err: d.err}:

@@ -1,7 +1,9 @@
 package transport
 
 import (
+	"bufio"
 	"context"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -151,6 +153,17 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack lets the WebSocket upgrader, which asserts http.Hijacker rather
+// than using http.ResponseController, take over the connection.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && !w.wrote {
+		w.status = http.StatusSwitchingProtocols
+		w.wrote = true
+	}
+	return conn, rw, err
+}
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()

@@ -151,6 +151,11 @@ func New(cfg Config) *Server {
 	return newServer(cfg, true)
 }
 
+// NewQuiet returns a mock server that records nothing, for load tests.
+func NewQuiet(cfg Config) *Server {
+	return newServer(cfg, false)
+}
+
 func newServer(cfg Config, record bool) *Server {
 	if cfg.Model == "" {
 		cfg.Model = defaultModel

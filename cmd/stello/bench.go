@@ -2,9 +2,51 @@ package main
 
 import (
 	"context"
+	"flag"
+	"fmt"
 	"io"
+	"strings"
+	"time"
+
+	"github.com/stellohq/stello/bench"
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return &usageError{"stello bench: not available in this build"}
+	fs := flag.NewFlagSet("stello bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c bench.Config
+	var serverArgs string
+	fs.StringVar(&c.URL, "url", "", "base URL of the server to measure (not with --spawn)")
+	fs.StringVar(&c.APIKey, "api-key", "", "API key for --url")
+	fs.BoolVar(&c.Spawn, "spawn", false, "start a Stello server (and an embedded PostgreSQL unless --database-url) and a mock model")
+	fs.StringVar(&c.Scenario, "scenario", "all", "turns, stream, connections, reads, churn, pgbench or all")
+	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "how long each scenario measures")
+	fs.IntVar(&c.ServerPID, "server-pid", 0, "pid of the measured server, for RSS figures without --spawn")
+	fs.IntVar(&c.Clients, "clients", 64, "turns: concurrent REST clients")
+	fs.IntVar(&c.Spaces, "spaces", 64, "turns: spaces the clients spread over")
+	fs.IntVar(&c.StreamClients, "stream-clients", 1000, "stream: WebSocket clients")
+	fs.DurationVar(&c.StreamLatency, "stream-latency", 500*time.Millisecond, "stream: model time to first token")
+	fs.IntVar(&c.Conns, "conns", 10000, "connections: idle WebSocket connections")
+	fs.IntVar(&c.Readers, "readers", 16, "reads: concurrent readers")
+	fs.IntVar(&c.ChurnSpaces, "churn-spaces", 100000, "churn: distinct spaces touched")
+	fs.DurationVar(&c.ChurnIdleTTL, "churn-idle-ttl", 3*time.Second, "churn: --idle-ttl of the spawned server")
+	fs.StringVar(&c.DatabaseURL, "database-url", "", "database of the measured server, for pgbench (and the spawned server)")
+	fs.StringVar(&c.DataDir, "bench-data-dir", "", "with --spawn and no --database-url: embedded database directory (default: a temp dir)")
+	fs.StringVar(&c.Exe, "server-bin", "", "stello binary to spawn (default: this one), e.g. an older build to compare")
+	fs.StringVar(&serverArgs, "server-args", "", "extra flags for the spawned server, space separated")
+	fs.StringVar(&c.JSONFile, "json", "", "also write the results as JSON to this file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c.ServerArgs = strings.Fields(serverArgs)
+	rep, err := bench.Run(ctx, c, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	for _, s := range rep.Scenarios {
+		if s.Errors < 0 {
+			return fmt.Errorf("scenario %s failed", s.Name)
+		}
+	}
+	return nil
 }

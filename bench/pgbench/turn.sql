@@ -1,0 +1,22 @@
+-- The statements one Stello turn commits (pgstore.CommitTurn): the user
+-- input and the assistant reply appended to the session's records, its turn
+-- count and last-active time bumped, sent as one pipeline with one sync,
+-- which PostgreSQL runs as one implicit transaction (exactly how pgx sends
+-- the batch: one round trip). Each pgbench client writes to
+-- its own session, listed in bench_turn_sessions by `stello bench`.
+\set n :client_id
+\startpipeline
+INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
+  SELECT b.space_id, b.session_id, t.role, t.content, t.calls, t.call_id, now()
+  FROM bench_turn_sessions b,
+       unnest(ARRAY['user', 'assistant']::text[],
+              ARRAY['load test input', 'Echo: load test input']::text[],
+              ARRAY[NULL, NULL]::jsonb[],
+              ARRAY[NULL, NULL]::text[]) WITH ORDINALITY AS t(role, content, calls, call_id, n)
+  WHERE b.n = :n
+  ORDER BY t.n
+  RETURNING id;
+UPDATE sessions SET turn_count = turn_count + 1, last_active_at = now(), updated_at = now()
+  WHERE (space_id, id) = (SELECT space_id, session_id FROM bench_turn_sessions WHERE n = :n)
+  RETURNING turn_count;
+\endpipeline

@@ -1,0 +1,552 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stellohq/stello/bench/mockllm"
+	"github.com/stellohq/stello/bench/pgbench"
+)
+
+// session is one place a client talks to.
+type benchSession struct{ space, session string }
+
+// setupSessions creates spaces spaces and gives each of n clients its own
+// session: the root of space i when n <= spaces, a fork otherwise.
+func setupSessions(ctx context.Context, a *api, spaces, n int) ([]benchSession, error) {
+	roots := make([]benchSession, spaces)
+	if err := parallel(ctx, 16, spaces, func(i int) error {
+		sp, root, err := a.createSpace(ctx, fmt.Sprintf("bench %d", i))
+		roots[i] = benchSession{sp, root}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	out := make([]benchSession, n)
+	err := parallel(ctx, 16, n, func(i int) error {
+		r := roots[i%spaces]
+		if n <= spaces {
+			out[i] = r
+			return nil
+		}
+		id, err := a.fork(ctx, r.space, r.session, fmt.Sprintf("client %d", i))
+		out[i] = benchSession{r.space, id}
+		return err
+	})
+	return out, err
+}
+
+// parallel runs fn(0..n-1) on workers goroutines, stopping at the first error.
+func parallel(ctx context.Context, workers, n int, fn func(i int) error) error {
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(i); err != nil {
+					once.Do(func() { firstErr = err })
+					next.Store(int64(n))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	return firstErr
+}
+
+// loop runs fn on each of n goroutines until the deadline; the first
+// warmup of it is not recorded.
+func loop(ctx context.Context, n int, d, warmup time.Duration, rec *recorder, fn func(ctx context.Context, i int) error) time.Duration {
+	ctx, cancel := context.WithTimeout(ctx, warmup+d)
+	defer cancel()
+	measureFrom := time.Now().Add(warmup)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				start := time.Now()
+				err := fn(ctx, i)
+				if start.Before(measureFrom) {
+					continue
+				}
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					rec.fail(err)
+					continue
+				}
+				rec.ok(time.Since(start))
+			}
+		}(i)
+	}
+	wg.Wait()
+	return d
+}
+
+func fill(res *Result, s summary, elapsed time.Duration, unit string) {
+	res.Throughput = round2(float64(s.N) / elapsed.Seconds())
+	res.Unit = unit
+	res.P50Ms, res.P95Ms, res.P99Ms = s.P50, s.P95, s.P99
+	res.Errors = s.Error
+}
+
+func (r *runner) turns(ctx context.Context) (*Result, error) {
+	t, err := r.start(ctx, fakeModel)
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	c := r.cfg
+	a := newAPI(t.url, t.key, c.Clients)
+	sess, err := setupSessions(ctx, a, c.Spaces, c.Clients)
+	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	r.progress("turns: %d clients over %d spaces for %s", c.Clients, c.Spaces, c.Duration)
+	rec := newRecorder()
+	elapsed := loop(ctx, c.Clients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
+		return a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+	})
+	res := &Result{Name: "turns", Settings: t.settings, Extra: map[string]any{"clients": c.Clients, "spaces": c.Spaces}}
+	res.Settings["clients"], res.Settings["spaces"] = c.Clients, c.Spaces
+	fill(res, rec.summary(), elapsed, "turns/s")
+	res.ErrorSamples = rec.errMsg
+	r.progress("turns: %.1f turns/s p99 %.1f ms errors %d", res.Throughput, res.P99Ms, res.Errors)
+	if r.dbURL != "" {
+		tps, err := r.runPgbench(ctx, sess, c.Clients)
+		if err != nil {
+			r.progress("pgbench: %v", err)
+			res.Extra["pgbenchError"] = err.Error()
+		} else {
+			ratio := round2(res.Throughput / tps)
+			res.PgbenchRatio = &ratio
+			res.Extra["pgbenchTps"] = round2(tps)
+			res.Target = "≥0.6×pgbench, 0 errors"
+			res.Met = boolp(ratio >= 0.6 && res.Errors == 0)
+		}
+	}
+	return res, nil
+}
+
+// runPgbench runs turn.sql with one session per client at the same
+// concurrency and returns its TPS.
+func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients int) (float64, error) {
+	bin, err := exec.LookPath("pgbench")
+	if err != nil {
+		return 0, errors.New("pgbench not found on PATH")
+	}
+	conn, err := pgx.Connect(ctx, r.dbURL)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `DROP TABLE IF EXISTS bench_turn_sessions;
+		CREATE TABLE bench_turn_sessions (n int PRIMARY KEY, space_id uuid NOT NULL, session_id uuid NOT NULL)`); err != nil {
+		return 0, err
+	}
+	for i, s := range sess {
+		if _, err := conn.Exec(ctx, "INSERT INTO bench_turn_sessions VALUES ($1, $2, $3)", i, s.space, s.session); err != nil {
+			return 0, err
+		}
+	}
+	f, err := os.CreateTemp("", "turn-*.sql")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(pgbench.TurnSQL); err != nil {
+		return 0, err
+	}
+	f.Close()
+	d := int(r.cfg.Duration.Seconds())
+	if d < 5 {
+		d = 5
+	}
+	r.progress("pgbench: turn.sql, %d clients, %ds", clients, d)
+	cmd := exec.CommandContext(ctx, bin, "-n", "-M", "extended", "-f", f.Name(), "-c", strconv.Itoa(clients), "-j", "2",
+		"-T", strconv.Itoa(d), r.dbURL)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench: %v: %s", err, lastLines(string(out), 5))
+	}
+	m := regexp.MustCompile(`tps = ([0-9.]+)`).FindStringSubmatch(string(out))
+	if m == nil {
+		return 0, fmt.Errorf("pgbench output has no tps: %s", lastLines(string(out), 5))
+	}
+	tps, _ := strconv.ParseFloat(m[1], 64)
+	r.progress("pgbench: %.1f tps", tps)
+	return tps, nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+func (r *runner) pgbenchOnly(ctx context.Context) (*Result, error) {
+	if r.dbURL == "" {
+		return nil, errors.New("pgbench needs --database-url or --spawn")
+	}
+	t, err := r.start(ctx, fakeModel)
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	a := newAPI(t.url, t.key, r.cfg.Clients)
+	sess, err := setupSessions(ctx, a, r.cfg.Spaces, r.cfg.Clients)
+	if err != nil {
+		return nil, err
+	}
+	tps, err := r.runPgbench(ctx, sess, r.cfg.Clients)
+	if err != nil {
+		return nil, err
+	}
+	return &Result{Name: "pgbench", Throughput: round2(tps), Unit: "tps", Settings: map[string]any{"clients": r.cfg.Clients}}, nil
+}
+
+func (r *runner) stream(ctx context.Context) (*Result, error) {
+	c := r.cfg
+	t, err := r.start(ctx, mockllm.Config{TTFT: c.StreamLatency, ReplyTokens: 20}, "--mailbox-size", "4096")
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	a := newAPI(t.url, t.key, 32)
+	spaces := c.StreamClients / 10
+	if spaces < 1 {
+		spaces = 1
+	}
+	sess, err := setupSessions(ctx, a, spaces, c.StreamClients)
+	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	r.progress("stream: connecting %d WebSocket clients", c.StreamClients)
+	clients := make([]*wsClient, c.StreamClients)
+	if err := parallel(ctx, 32, c.StreamClients, func(i int) error {
+		w, err := dialWS(ctx, t.url, t.key, sess[i].space)
+		if err != nil {
+			return err
+		}
+		clients[i] = w
+		return w.enter(sess[i].session)
+	}); err != nil {
+		closeAll(clients)
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	defer closeAll(clients)
+	r.progress("stream: %d clients streaming for %s, model TTFT %s", c.StreamClients, c.Duration, c.StreamLatency)
+	rec, first, gaps, over := newRecorder(), newRecorder(), newRecorder(), newRecorder()
+	elapsed := loop(ctx, c.StreamClients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
+		w := clients[i]
+		start := time.Now()
+		if err := w.send(map[string]any{"type": "session.stream", "input": "load test input", "id": "t"}); err != nil {
+			return err
+		}
+		last := time.Time{}
+		for {
+			m, err := w.read(2 * time.Minute)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			switch m.Type {
+			case "stream.delta":
+				if last.IsZero() {
+					first.ok(now.Sub(start))
+				} else {
+					gaps.ok(now.Sub(last))
+				}
+				last = now
+			case "stream.end":
+				over.ok(now.Sub(start) - c.StreamLatency)
+				return nil
+			}
+		}
+	})
+	res := &Result{Name: "stream", Settings: t.settings}
+	res.Settings["clients"] = c.StreamClients
+	s := rec.summary()
+	fill(res, s, elapsed, "turns/s")
+	ideal := float64(c.StreamClients) / c.StreamLatency.Seconds()
+	o := over.summary()
+	res.Extra = map[string]any{"clients": c.StreamClients, "idealTurnsPerS": round2(ideal),
+		"fractionOfIdeal": round2(res.Throughput / ideal), "firstChunkP50Ms": first.summary().P50,
+		"firstChunkP99Ms": first.summary().P99, "chunkGapP99Ms": gaps.summary().P99,
+		"overheadP50Ms": o.P50, "overheadP99Ms": o.P99}
+	res.ErrorSamples = rec.errMsg
+	res.Target = "≥90% ideal, overhead p99 ≤50ms, 0 errors"
+	res.Met = boolp(res.Throughput >= 0.9*ideal && o.P99 <= 50 && res.Errors == 0)
+	r.progress("stream: %.1f turns/s (%.0f%% of ideal) overhead p99 %.1f ms errors %d", res.Throughput, 100*res.Throughput/ideal, o.P99, res.Errors)
+	return res, nil
+}
+
+func closeAll(cs []*wsClient) {
+	for _, c := range cs {
+		if c != nil {
+			c.close()
+		}
+	}
+}
+
+func (r *runner) connections(ctx context.Context) (*Result, error) {
+	c := r.cfg
+	t, err := r.start(ctx, fakeModel)
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	a := newAPI(t.url, t.key, 32)
+	spaces := c.Conns / 100
+	if spaces < 1 {
+		spaces = 1
+	}
+	sess, err := setupSessions(ctx, a, spaces, spaces)
+	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	// Activate every space once so the baseline holds the actors.
+	for _, s := range sess {
+		if err := a.do(ctx, http.MethodGet, "/spaces/"+s.space+"/sessions", nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	time.Sleep(2 * time.Second)
+	base, baseErr := rssKiB(t.pid)
+	r.progress("connections: opening %d idle WebSockets (server RSS %d KiB)", c.Conns, base)
+	clients := make([]*wsClient, c.Conns)
+	start := time.Now()
+	err = parallel(ctx, 64, c.Conns, func(i int) error {
+		s := sess[i%len(sess)]
+		w, err := dialWS(ctx, t.url, t.key, s.space)
+		if err != nil {
+			return err
+		}
+		clients[i] = w
+		return w.enter(s.session)
+	})
+	defer closeAll(clients)
+	if err != nil {
+		return nil, fmt.Errorf("after %d connections: %w", countNonNil(clients), err)
+	}
+	r.progress("connections: %d open in %s; settling", c.Conns, time.Since(start).Round(time.Millisecond))
+	time.Sleep(3 * time.Second)
+	after, afterErr := rssKiB(t.pid)
+	// Every connection still answers.
+	rec := newRecorder()
+	_ = parallel(ctx, 64, c.Conns, func(i int) error {
+		w := clients[i]
+		st := time.Now()
+		if err := w.send(map[string]any{"type": "session.leave", "id": "l"}); err != nil {
+			rec.fail(err)
+			return nil
+		}
+		m, err := w.read(30 * time.Second)
+		if err != nil || m.Type != "session.left" {
+			rec.fail(fmt.Errorf("no session.left: %v %s", err, m.Type))
+			return nil
+		}
+		rec.ok(time.Since(st))
+		return nil
+	})
+	s := rec.summary()
+	res := &Result{Name: "connections", Throughput: float64(s.N), Unit: "conns answering", P50Ms: s.P50, P95Ms: s.P95, P99Ms: s.P99,
+		Errors: s.Error, Settings: t.settings, ErrorSamples: rec.errMsg}
+	res.Settings["connections"] = c.Conns
+	res.Extra = map[string]any{"connections": c.Conns}
+	if baseErr == nil && afterErr == nil && t.pid > 0 {
+		per := float64(after-base) / float64(c.Conns)
+		res.Extra["rssBaseKiB"], res.Extra["rssAfterKiB"], res.Extra["rssPerConnKiB"] = base, after, round2(per)
+		res.Target = "≤12 KiB/conn, all answer"
+		res.Met = boolp(per <= 12 && s.Error == 0)
+		r.progress("connections: %.2f KiB per connection, %d answered, %d errors", per, s.N, s.Error)
+	} else {
+		res.Extra["rss"] = "unknown: pass --server-pid or --spawn"
+	}
+	return res, nil
+}
+
+func countNonNil(cs []*wsClient) int {
+	n := 0
+	for _, c := range cs {
+		if c != nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *runner) reads(ctx context.Context) (*Result, error) {
+	c := r.cfg
+	t, err := r.start(ctx, fakeModel)
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	a := newAPI(t.url, t.key, c.Clients+c.Readers)
+	writers := c.Clients / 4
+	if writers < 1 {
+		writers = 1
+	}
+	sess, err := setupSessions(ctx, a, writers, writers)
+	if err != nil {
+		return nil, err
+	}
+	r.progress("reads: %d readers while %d clients run turns, %s", c.Readers, writers, c.Duration)
+	turnRec := newRecorder()
+	readRec := newRecorder()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		loop(ctx, writers, c.Duration+time.Second, time.Second, turnRec, func(ctx context.Context, i int) error {
+			return a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+		})
+	}()
+	paths := func(i, k int) string {
+		s := sess[(i+k)%len(sess)]
+		switch k % 3 {
+		case 0:
+			return "/spaces/" + s.space + "/sessions"
+		case 1:
+			return "/spaces/" + s.space + "/sessions/" + s.session + "/messages?limit=20"
+		}
+		return "/spaces/" + s.space
+	}
+	var k atomic.Int64
+	elapsed := loop(ctx, c.Readers, c.Duration, time.Second, readRec, func(ctx context.Context, i int) error {
+		return a.do(ctx, http.MethodGet, paths(i, int(k.Add(1))), nil, nil)
+	})
+	wg.Wait()
+	res := &Result{Name: "reads", Settings: t.settings}
+	res.Settings["readers"], res.Settings["turnClients"] = c.Readers, writers
+	fill(res, readRec.summary(), elapsed, "reads/s")
+	res.Errors += turnRec.summary().Error
+	res.ErrorSamples = readRec.errMsg
+	res.Extra = map[string]any{"turnsPerS": round2(float64(turnRec.count()) / elapsed.Seconds()), "readers": c.Readers}
+	res.Target = "p99 ≤10ms"
+	res.Met = boolp(res.P99Ms <= 10 && res.Errors == 0)
+	r.progress("reads: %.1f reads/s p99 %.2f ms", res.Throughput, res.P99Ms)
+	return res, nil
+}
+
+// metric reads one unlabelled sample from /metrics.
+func metric(ctx context.Context, base, name string) (float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("metric %s not found", name)
+}
+
+func (r *runner) churn(ctx context.Context) (*Result, error) {
+	c := r.cfg
+	t, err := r.start(ctx, fakeModel, "--idle-ttl", c.ChurnIdleTTL.String())
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	a := newAPI(t.url, t.key, 64)
+	r.progress("churn: creating %d spaces", c.ChurnSpaces)
+	ids := make([]string, c.ChurnSpaces)
+	if err := parallel(ctx, 32, c.ChurnSpaces, func(i int) error {
+		var sp idOnly
+		err := a.do(ctx, http.MethodPost, "/spaces", map[string]any{"label": "churn"}, &sp)
+		ids[i] = sp.ID
+		if i > 0 && i%20000 == 0 {
+			r.progress("churn: %d spaces created", i)
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	time.Sleep(2 * time.Second)
+	g0, _ := metric(ctx, t.url, "stello_goroutines")
+	rss0, rssErr := rssKiB(t.pid)
+	r.progress("churn: touching %d spaces (baseline RSS %d KiB, %v goroutines)", c.ChurnSpaces, rss0, g0)
+	rec := newRecorder()
+	var peak atomic.Int64
+	start := time.Now()
+	_ = parallel(ctx, 32, c.ChurnSpaces, func(i int) error {
+		st := time.Now()
+		if err := a.do(ctx, http.MethodGet, "/spaces/"+ids[i]+"/sessions", nil, nil); err != nil {
+			rec.fail(err)
+			return nil
+		}
+		rec.ok(time.Since(st))
+		if i%5000 == 0 {
+			if v, err := metric(ctx, t.url, "stello_active_actors"); err == nil && int64(v) > peak.Load() {
+				peak.Store(int64(v))
+			}
+		}
+		return nil
+	})
+	elapsed := time.Since(start)
+	gPeak, _ := metric(ctx, t.url, "stello_goroutines")
+	rssPeak, _ := rssKiB(t.pid)
+	r.progress("churn: touched in %s; waiting for eviction", elapsed.Round(time.Millisecond))
+	deadline := time.Now().Add(c.ChurnIdleTTL*4 + 60*time.Second)
+	for time.Now().Before(deadline) {
+		if v, err := metric(ctx, t.url, "stello_active_actors"); err == nil && v == 0 {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	active, _ := metric(ctx, t.url, "stello_active_actors")
+	time.Sleep(5 * time.Second) // let the runtime return freed memory
+	g1, _ := metric(ctx, t.url, "stello_goroutines")
+	rss1, _ := rssKiB(t.pid)
+	s := rec.summary()
+	res := &Result{Name: "churn", Settings: t.settings, ErrorSamples: rec.errMsg}
+	res.Settings["spaces"], res.Settings["idleTTL"] = c.ChurnSpaces, c.ChurnIdleTTL.String()
+	fill(res, s, elapsed, "activations/s")
+	res.Extra = map[string]any{"spaces": c.ChurnSpaces, "peakActiveActors": peak.Load(), "activeAfterEviction": active,
+		"goroutinesBefore": g0, "goroutinesPeak": gPeak, "goroutinesAfter": g1}
+	if rssErr == nil && t.pid > 0 {
+		growth := 100 * float64(rss1-rss0) / float64(rss0)
+		res.Extra["rssBeforeKiB"], res.Extra["rssPeakKiB"], res.Extra["rssAfterKiB"], res.Extra["rssGrowthPct"] = rss0, rssPeak, rss1, round2(growth)
+		res.Target = "RSS after ≤ +10%, no goroutine growth"
+		res.Met = boolp(growth <= 10 && g1 <= g0+5 && active == 0 && s.Error == 0)
+	}
+	r.progress("churn: activation p99 %.2f ms, goroutines %v → %v → %v", res.P99Ms, g0, gPeak, g1)
+	return res, nil
+}
