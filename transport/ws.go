@@ -99,10 +99,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		c.CloseWith(pending.code, pending.reason)
 	}
 	s.hub.ensure()
-	c.readLoop()
+	// Read on a fresh goroutine and let the HTTP handler's goroutine, whose
+	// stack grew through the router and the upgrade, end: an idle
+	// connection then holds one small stack.
+	go c.readLoop()
 }
 
-// readLoop runs on the HTTP handler's goroutine until the peer goes away.
+// readLoop runs until the peer goes away.
 func (c *wsConn) readLoop() {
 	defer c.teardown()
 	for {
