@@ -1,0 +1,9 @@
+package space_test
+
+import (
+	"testing"
+
+	"github.com/stellohq/stello/pgstore/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
