@@ -133,6 +133,9 @@ func (s *Store) RecordsAfter(ctx context.Context, spaceID, sessionID string, aft
 	return recs, wrap("read records", err)
 }
 
+// commitTimeout bounds a turn's commit once it is on the wire.
+const commitTimeout = 30 * time.Second
+
 // CommitTurn writes a turn's records, bumps the turn count and last-active
 // time and clears the consumed insight, in one transaction. It returns the
 // new turn count and the ids given to the records.
@@ -173,7 +176,19 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 	var turns int
 	var ids []int64
 	err := func() error {
-		br := s.pool.SendBatch(ctx, b)
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Release()
+		// The implicit transaction commits on the server at the end of the
+		// batch, whatever happens to the client: once the batch is sent, ctx
+		// must not cut it short, or a turn that committed would be reported
+		// as failed (and "nothing persisted").
+		// It is still bounded, so a dead connection cannot hold the turn.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		defer cancel()
+		br := conn.SendBatch(sctx, b)
 		defer br.Close()
 		rows, err := br.Query()
 		if err != nil {

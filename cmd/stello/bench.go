@@ -30,6 +30,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&c.Readers, "readers", 16, "reads: concurrent readers")
 	fs.IntVar(&c.ChurnSpaces, "churn-spaces", 100000, "churn: distinct spaces touched")
 	fs.DurationVar(&c.ChurnIdleTTL, "churn-idle-ttl", 3*time.Second, "churn: --idle-ttl of the spawned server")
+	fs.StringVar(&c.Model, "model", "auto", "spawned server's model: auto (fake for turns/reads/connections/churn, mockllm over HTTP for stream), fake or mock")
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "database of the measured server, for pgbench (and the spawned server)")
 	fs.StringVar(&c.DataDir, "bench-data-dir", "", "with --spawn and no --database-url: embedded database directory (default: a temp dir)")
 	fs.StringVar(&c.Exe, "server-bin", "", "stello binary to spawn (default: this one), e.g. an older build to compare")
