@@ -39,6 +39,11 @@ type Config struct {
 	ChurnSpaces   int // churn: distinct spaces touched
 	ChurnIdleTTL  time.Duration
 
+	// Model is the spawned server's model: "auto" (the in-process fake for
+	// turns, reads, connections and churn; the HTTP mock for stream),
+	// "fake" or "mock".
+	Model string
+
 	DatabaseURL string // for pgbench (and the spawned server); empty with Spawn: embedded
 	DataDir     string // embedded database directory with Spawn (default: a temp dir)
 	ServerArgs  []string
@@ -116,6 +121,9 @@ func (c *Config) defaults() {
 	}
 	if c.Scenario == "" {
 		c.Scenario = "all"
+	}
+	if c.Model == "" {
+		c.Model = "auto"
 	}
 }
 
@@ -244,8 +252,15 @@ func (r *runner) start(ctx context.Context, model mockllm.Config, serverArgs ...
 	}
 	args := []string{"--database-url", r.dbURL, "--db-max-conns", "64", "--consolidate-every", "0"}
 	mock := &mockModel{}
-	modelSettings := map[string]any{"model": "fake (in-process, zero latency)"}
-	if model.Model != "fake" {
+	modelSettings := map[string]any{"model": "fake (in-process)", "modelTTFTMs": model.TTFT.Milliseconds()}
+	useFake := model.Model == "fake"
+	switch r.cfg.Model {
+	case "fake":
+		useFake = true
+	case "mock":
+		useFake = false
+	}
+	if !useFake {
 		var err error
 		if mock, err = startMock(model); err != nil {
 			return nil, err
@@ -254,7 +269,7 @@ func (r *runner) start(ctx context.Context, model mockllm.Config, serverArgs ...
 		modelSettings = map[string]any{"model": "mockllm over HTTP", "modelTTFTMs": model.TTFT.Milliseconds(),
 			"modelReplyTokens": model.ReplyTokens, "modelTokensPerSecond": model.TokensPerSecond}
 	} else {
-		args = append(args, "--llm", "fake")
+		args = append(args, "--llm", "fake", "--fake-latency", model.TTFT.String())
 	}
 	args = append(args, serverArgs...)
 	args = append(args, r.cfg.ServerArgs...)
