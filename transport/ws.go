@@ -97,6 +97,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.wsTotal.Inc()
 	if pending != nil {
 		c.CloseWith(pending.code, pending.reason)
+	} else if s.closing.Load() {
+		// Close ran between the closing check above and conns.Store.
+		c.CloseWith(websocket.CloseGoingAway, "server shutting down")
 	}
 	s.hub.ensure()
 	// Read on a fresh goroutine and let the HTTP handler's goroutine, whose

@@ -1,0 +1,9 @@
+package transport_test
+
+import (
+	"testing"
+
+	"github.com/stellohq/stello/pgstore/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
