@@ -292,6 +292,7 @@ func (r *runner) start(ctx context.Context, model mockllm.Config, serverArgs ...
 		shown = append(shown, a)
 	}
 	modelSettings["serverArgs"] = strings.Join(shown, " ")
+	r.progress("server pid %d listening on %s", srv.pid(), srv.url)
 	return &target{url: srv.url, key: key, pid: srv.pid(), settings: modelSettings,
 		stop: func() { srv.stop(); mock.stop() }}, nil
 }

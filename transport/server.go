@@ -32,9 +32,12 @@ type Options struct {
 	WSPingInterval time.Duration
 	// WSWriteTimeout bounds one write to a peer (default 10s).
 	WSWriteTimeout time.Duration
-	// WSSendQueue bounds messages queued for one peer (default 256); a peer
-	// that falls further behind is disconnected.
-	WSSendQueue int
+	// WSSendQueue bounds messages queued for one peer (default 256) and
+	// WSSendQueueBytes their size (default 4 MiB); a peer that falls further
+	// behind is disconnected. Consecutive deltas of one streamed turn are
+	// merged while they wait, so a fast model does not fill the queue.
+	WSSendQueue      int
+	WSSendQueueBytes int
 	// Pprof mounts /debug/pprof when true.
 	Pprof bool
 }
@@ -80,6 +83,9 @@ func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap
 	}
 	if opts.WSSendQueue <= 0 {
 		opts.WSSendQueue = 256
+	}
+	if opts.WSSendQueueBytes <= 0 {
+		opts.WSSendQueueBytes = 4 << 20
 	}
 	if log == nil {
 		log = zap.NewNop()

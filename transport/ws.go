@@ -45,7 +45,8 @@ type wsConn struct {
 	cancel  context.CancelFunc
 
 	mu      sync.Mutex
-	queue   [][]byte
+	queue   []outMsg
+	queued  int // bytes in queue
 	writing bool
 	closed  bool
 	pending *closeReq // a close asked for before the upgrade finished
@@ -155,6 +156,29 @@ func (c *wsConn) CloseWith(code int, reason string) {
 	_ = c.ws.Close()
 }
 
+// outMsg is a queued message: encoded bytes, or a streamed delta whose
+// chunk may still grow.
+type outMsg struct {
+	data  []byte
+	delta *pendingDelta
+}
+
+// pendingDelta collects consecutive stream.delta chunks of one turn that
+// the writer has not taken yet: a client reading slower than the model
+// writes gets fewer, larger deltas instead of a longer queue.
+type pendingDelta struct {
+	id    json.RawMessage
+	chunk []byte
+}
+
+func (m outMsg) bytes() []byte {
+	if m.delta == nil {
+		return m.data
+	}
+	b, _ := json.Marshal(out("stream.delta", m.delta.id, "chunk", string(m.delta.chunk)))
+	return b
+}
+
 // send queues one message; a peer that lets its queue fill is dropped.
 func (c *wsConn) send(v any) {
 	b, err := json.Marshal(v)
@@ -162,18 +186,45 @@ func (c *wsConn) send(v any) {
 		c.s.log.Error("encode ws message", zap.Error(err))
 		return
 	}
+	c.enqueue(outMsg{data: b}, nil, "")
+}
+
+// sendDelta queues a stream.delta, merging it into a delta of the same
+// turn still waiting in the queue.
+func (c *wsConn) sendDelta(id json.RawMessage, chunk string) {
+	c.enqueue(outMsg{}, id, chunk)
+}
+
+func (c *wsConn) enqueue(m outMsg, deltaID json.RawMessage, chunk string) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return
 	}
-	if len(c.queue) >= c.s.opts.WSSendQueue {
+	size := len(m.data) + len(chunk)
+	if c.queued+size > c.s.opts.WSSendQueueBytes {
 		c.mu.Unlock()
-		c.s.log.Info("dropping slow WebSocket client", zap.String("space", c.spaceID))
-		c.CloseWith(websocket.ClosePolicyViolation, "client too slow")
+		c.dropSlow()
 		return
 	}
-	c.queue = append(c.queue, b)
+	if deltaID != nil || m.data == nil {
+		if n := len(c.queue); n > 0 {
+			if last := c.queue[n-1].delta; last != nil && string(last.id) == string(deltaID) {
+				last.chunk = append(last.chunk, chunk...)
+				c.queued += size
+				c.mu.Unlock()
+				return
+			}
+		}
+		m = outMsg{delta: &pendingDelta{id: deltaID, chunk: []byte(chunk)}}
+	}
+	if len(c.queue) >= c.s.opts.WSSendQueue {
+		c.mu.Unlock()
+		c.dropSlow()
+		return
+	}
+	c.queue = append(c.queue, m)
+	c.queued += size
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
@@ -182,18 +233,32 @@ func (c *wsConn) send(v any) {
 	}
 }
 
+// dropSlow disconnects a peer that does not read what it is sent.
+func (c *wsConn) dropSlow() {
+	c.s.log.Info("dropping slow WebSocket client", zap.String("space", c.spaceID))
+	c.CloseWith(websocket.ClosePolicyViolation, "client too slow")
+}
+
 func (c *wsConn) writeLoop() {
 	for {
 		c.mu.Lock()
 		if len(c.queue) == 0 || c.closed {
 			c.writing = false
 			c.queue = nil
+			c.queued = 0
 			c.mu.Unlock()
 			return
 		}
-		msg := c.queue[0]
-		c.queue[0] = nil
+		m := c.queue[0]
+		c.queue[0] = outMsg{}
 		c.queue = c.queue[1:]
+		// Encoding under the lock: a delta taken off the queue no longer grows.
+		msg := m.bytes()
+		if m.delta != nil {
+			c.queued -= len(m.delta.chunk)
+		} else {
+			c.queued -= len(m.data)
+		}
 		c.mu.Unlock()
 		_ = c.ws.SetWriteDeadline(time.Now().Add(c.s.opts.WSWriteTimeout))
 		if err := c.ws.WriteMessage(websocket.TextMessage, msg); err != nil {
@@ -318,7 +383,10 @@ func (c *wsConn) runTurn(id json.RawMessage, sessionID, input string, stream boo
 	defer c.turns.Add(-1)
 	var onDelta func(string)
 	if stream {
-		onDelta = func(chunk string) { c.send(out("stream.delta", id, "chunk", chunk)) }
+		if id == nil {
+			id = json.RawMessage{} // non-nil: marks the message as a delta
+		}
+		onDelta = func(chunk string) { c.sendDelta(id, chunk) }
 	}
 	res, err := c.s.spaces.Turn(c.ctx, c.userID, c.spaceID, sessionID, input, onDelta)
 	if err != nil {

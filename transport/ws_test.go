@@ -628,7 +628,8 @@ func TestWSTurns(t *testing.T) {
 	}
 	require.Equal(t, "stream.end", m.Type, m.raw)
 	require.NotEmpty(t, got, "at least one stream.delta before stream.end")
-	assert.Equal(t, chunks, got)
+	// Deltas waiting for the writer may be merged; their text is exact.
+	assert.Equal(t, strings.Join(chunks, ""), strings.Join(got, ""))
 	require.NotNil(t, m.Result, m.raw)
 	require.NotNil(t, m.Result.Turn.FinalContent)
 	assert.Equal(t, strings.Join(got, ""), *m.Result.Turn.FinalContent)
@@ -708,7 +709,17 @@ func TestWSSlowReaderIsDropped(t *testing.T) {
 
 	const input = "flood me"
 	wsSend(t, c, map[string]any{"type": "session.stream", "id": "s", "input": input})
-	// The client never reads again: the server must drop it...
+	// The client never reads again but keeps asking: every frame gets an
+	// error reply, far more than the kernel's buffers hold, so the server's
+	// queue for this peer fills and the server must drop it.
+	sent := 0
+	for ; sent < 500000; sent++ {
+		_ = c.SetWriteDeadline(time.Now().Add(wsWait))
+		if err := c.WriteMessage(websocket.TextMessage, []byte("not json")); err != nil {
+			break
+		}
+	}
+	require.Less(t, sent, 500000, "the server never dropped a client that does not read")
 	e.eventuallyConns(t, e.spaceID, 0)
 
 	// ...and the turn still completes and is persisted.

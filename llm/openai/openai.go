@@ -147,25 +147,30 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
+	// The SDK builds, authenticates, retries and maps errors of the request
+	// and parses the event stream; each chunk is decoded into a lean struct
+	// with encoding/json, which costs a fraction of the SDK's reflective
+	// chunk type on this hot path (one decode per streamed token).
 	var status int
-	stream := c.sdk.Chat.Completions.NewStreaming(ctx, params, statusRecorder(&status))
+	var raw *http.Response
+	err = c.sdk.Post(ctx, "chat/completions", params, &raw, option.WithJSONSet("stream", true), statusRecorder(&status))
+	var dec ssestream.Decoder
+	if err == nil {
+		dec = ssestream.NewDecoder(raw)
+	}
+	stream := ssestream.NewStream[streamChunk](dec, err)
 	defer func() { _ = stream.Close() }()
 
 	sink := provutil.NewDeltaSink(onDelta)
 	var (
-		acc   oai.ChatCompletionAccumulator
-		accOK = true
-		own   assembly // fallback when the accumulator rejects a chunk
+		own   assembly
 		usage llm.Usage
 	)
 	for stream.Next() {
 		chunk := stream.Current()
-		if accOK && !acc.AddChunk(chunk) {
-			accOK = false
-		}
-		if u := chunk.Usage; u.PromptTokens > 0 || u.CompletionTokens > 0 {
+		if u := chunk.Usage; u != nil && (u.PromptTokens > 0 || u.CompletionTokens > 0) {
 			// Usage totals; some servers repeat them cumulatively, so keep the last.
-			usage = llm.Usage{InputTokens: int(u.PromptTokens), OutputTokens: int(u.CompletionTokens)}
+			usage = llm.Usage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens}
 		}
 		for _, choice := range chunk.Choices {
 			if choice.Index != 0 {
@@ -182,18 +187,33 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 	if err := ctx.Err(); err != nil {
 		return nil, c.mapError(ctx, err, status)
 	}
-
-	resp := &llm.Response{Usage: usage}
-	if accOK && len(acc.Choices) > 0 {
-		msg := acc.Choices[0].Message
-		resp.Content = msg.Content
-		resp.ToolCalls = toolCalls(msg.ToolCalls)
-	} else {
-		resp.Content = own.text.String()
-		resp.ToolCalls = own.toolCalls()
-	}
-	resp.Raw = rawReconstruction(&acc, accOK, resp)
+	resp := &llm.Response{Usage: usage, Content: own.text.String(), ToolCalls: own.toolCalls()}
+	resp.Raw = rawReconstruction(resp)
 	return resp, nil
+}
+
+// streamChunk is the part of a chat.completion.chunk Stello reads.
+type streamChunk struct {
+	Choices []struct {
+		Index int        `json:"index"`
+		Delta chunkDelta `json:"delta"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+	} `json:"usage"`
+}
+
+type chunkDelta struct {
+	Content   string `json:"content"`
+	ToolCalls []struct {
+		Index    int    `json:"index"`
+		ID       string `json:"id"`
+		Function struct {
+			Name      string `json:"name"`
+			Arguments string `json:"arguments"`
+		} `json:"function"`
+	} `json:"tool_calls"`
 }
 
 // assembly rebuilds a streamed reply from its deltas and reports them.
@@ -203,7 +223,7 @@ type assembly struct {
 	args  []strings.Builder
 }
 
-func (a *assembly) add(d oai.ChatCompletionChunkChoiceDelta, sink *provutil.DeltaSink) error {
+func (a *assembly) add(d chunkDelta, sink *provutil.DeltaSink) error {
 	if d.Content != "" {
 		a.text.WriteString(d.Content)
 		if err := sink.Emit(llm.Delta{Text: d.Content}); err != nil {
@@ -211,7 +231,7 @@ func (a *assembly) add(d oai.ChatCompletionChunkChoiceDelta, sink *provutil.Delt
 		}
 	}
 	for _, tc := range d.ToolCalls {
-		idx := int(tc.Index)
+		idx := tc.Index
 		if idx < 0 { // some servers use -1 for a single call
 			idx = 0
 		}
@@ -407,14 +427,9 @@ func rawErrorBody(e *oai.Error) string {
 	return provutil.BodyMessage(provutil.ReadBody(e.Response))
 }
 
-// rawReconstruction renders the accumulated completion as JSON for
-// Response.Raw, falling back to a minimal chat.completion object.
-func rawReconstruction(acc *oai.ChatCompletionAccumulator, accOK bool, resp *llm.Response) string {
-	if accOK {
-		if b, err := json.Marshal(acc.ChatCompletion); err == nil {
-			return string(b)
-		}
-	}
+// rawReconstruction renders a streamed reply as a chat.completion object
+// for Response.Raw.
+func rawReconstruction(resp *llm.Response) string {
 	type fn struct {
 		Name      string `json:"name"`
 		Arguments string `json:"arguments"`
