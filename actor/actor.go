@@ -53,7 +53,7 @@ type Actor struct {
 	beh        Behavior
 	lastActive atomic.Int64 // unix nanos of the last processed message
 
-	ctx    context.Context // cancelled when the actor stops
+	ctx    context.Context // cancelled when the actor stops; made on first use
 	cancel context.CancelFunc
 	tasks  atomic.Int32
 }
@@ -61,8 +61,14 @@ type Actor struct {
 // ID returns the actor's id.
 func (a *Actor) ID() string { return a.id }
 
-// Context is cancelled when the actor stops; tasks derive from it.
-func (a *Actor) Context() context.Context { return a.ctx }
+// Context is cancelled when the actor stops; tasks derive from it. Call it
+// only from the actor's own goroutine (Receive).
+func (a *Actor) Context() context.Context {
+	if a.ctx == nil {
+		a.ctx, a.cancel = context.WithCancel(a.sys.ctx)
+	}
+	return a.ctx
+}
 
 // Send puts msg in the mailbox without blocking.
 func (a *Actor) Send(msg any) error { return a.send(msg, false) }
@@ -149,7 +155,9 @@ func (a *Actor) stop(err error) {
 	a.mu.Unlock()
 	a.sys.queued.Add(-int64(len(left)))
 	a.sys.remove(a)
-	a.cancel()
+	if a.cancel != nil {
+		a.cancel()
+	}
 	for _, m := range left {
 		if _, ok := m.(stopMsg); ok {
 			continue
@@ -171,15 +179,17 @@ type stopMsg struct {
 	err        error
 }
 
-// Go runs fn as a task on its own goroutine with the actor's context. The
+// Go runs fn as a task on its own goroutine with the actor's context; call
+// it from Receive. The
 // message fn returns (if not nil) is delivered to the actor's mailbox even
 // when it is full. The actor is not idle while a task runs.
 func (a *Actor) Go(fn func(ctx context.Context) any) {
 	a.tasks.Add(1)
 	a.sys.tasks.Add(1)
+	ctx := a.Context()
 	go func() {
 		defer a.sys.tasks.Done()
-		msg := fn(a.ctx)
+		msg := fn(ctx)
 		a.tasks.Add(-1)
 		if msg != nil {
 			if err := a.send(msg, true); err != nil {

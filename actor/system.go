@@ -3,6 +3,7 @@ package actor
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,10 @@ type Options struct {
 	// MailboxSize bounds each mailbox (default 256).
 	MailboxSize int
 }
+
+// massEviction is how many evictions between two sweeps make the runtime
+// return memory to the OS.
+const massEviction = 1000
 
 // Factory makes the behavior of a new actor.
 type Factory func(a *Actor) Behavior
@@ -65,8 +70,7 @@ func (s *System) Get(id string) (*Actor, error) {
 		return nil, ErrClosed
 	}
 	a, _ := s.actors.LoadOrCompute(id, func() *Actor {
-		ctx, cancel := context.WithCancel(s.ctx)
-		a := &Actor{id: id, sys: s, ctx: ctx, cancel: cancel}
+		a := &Actor{id: id, sys: s}
 		a.lastActive.Store(time.Now().UnixNano())
 		s.done.Store(a, make(chan struct{}))
 		a.beh = s.factory(a)
@@ -161,11 +165,29 @@ func (s *System) evictLoop() {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var lastSweep, lastFreed, waveStart uint64
+	var lastFree time.Time
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
+			// After a mass eviction nothing may allocate for a long time, so
+			// no GC would run and the freed actors would stay in the heap
+			// and in the process's RSS: collect and return them, every 2s
+			// during a long wave of evictions and once when it ends.
+			ev := s.evictions.Load()
+			if ev == lastSweep { // no eviction since the last sweep: a wave ended
+				if ev-waveStart >= massEviction && ev > lastFreed {
+					lastFreed, lastFree = ev, time.Now()
+					go debug.FreeOSMemory()
+				}
+				waveStart = ev
+			} else if ev-lastFreed >= massEviction && time.Since(lastFree) > 2*time.Second {
+				lastFreed, lastFree = ev, time.Now()
+				go debug.FreeOSMemory()
+			}
+			lastSweep = ev
 			cutoff := time.Now().Add(-s.opts.IdleTTL).UnixNano()
 			s.actors.Range(func(id string, a *Actor) bool {
 				if a.lastActive.Load() < cutoff && a.tasks.Load() == 0 {
@@ -220,3 +242,6 @@ func (s *System) Tell(id string, msg any) bool {
 	}
 	return a.Tell(msg) == nil
 }
+
+// Context is cancelled when the system closes.
+func (s *System) Context() context.Context { return s.ctx }

@@ -444,8 +444,15 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 		return "/spaces/" + s.space
 	}
 	var k atomic.Int64
+	kinds := []*recorder{newRecorder(), newRecorder(), newRecorder()}
 	elapsed := loop(ctx, c.Readers, c.Duration, time.Second, readRec, func(ctx context.Context, i int) error {
-		return a.do(ctx, http.MethodGet, paths(i, int(k.Add(1))), nil, nil)
+		n := int(k.Add(1))
+		st := time.Now()
+		err := a.do(ctx, http.MethodGet, paths(i, n), nil, nil)
+		if err == nil {
+			kinds[n%3].ok(time.Since(st))
+		}
+		return err
 	})
 	wg.Wait()
 	res := &Result{Name: "reads", Settings: t.settings}
@@ -453,7 +460,8 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 	fill(res, readRec.summary(), elapsed, "reads/s")
 	res.Errors += turnRec.summary().Error
 	res.ErrorSamples = readRec.errMsg
-	res.Extra = map[string]any{"turnsPerS": round2(float64(turnRec.count()) / elapsed.Seconds()), "readers": c.Readers}
+	res.Extra = map[string]any{"turnsPerS": round2(float64(turnRec.count()) / elapsed.Seconds()), "readers": c.Readers,
+		"treeP99Ms": kinds[0].summary().P99, "messagesP99Ms": kinds[1].summary().P99, "spaceP99Ms": kinds[2].summary().P99}
 	res.Target = "p99 ≤10ms"
 	res.Met = boolp(res.P99Ms <= 10 && res.Errors == 0)
 	r.progress("reads: %.1f reads/s p99 %.2f ms", res.Throughput, res.P99Ms)
@@ -502,6 +510,7 @@ func (r *runner) churn(ctx context.Context) (*Result, error) {
 	time.Sleep(2 * time.Second)
 	g0, _ := metric(ctx, t.url, "stello_goroutines")
 	rss0, rssErr := rssKiB(t.pid)
+	heap0, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
 	r.progress("churn: touching %d spaces (baseline RSS %d KiB, %v goroutines)", c.ChurnSpaces, rss0, g0)
 	rec := newRecorder()
 	var peak atomic.Int64
@@ -535,12 +544,14 @@ func (r *runner) churn(ctx context.Context) (*Result, error) {
 	time.Sleep(5 * time.Second) // let the runtime return freed memory
 	g1, _ := metric(ctx, t.url, "stello_goroutines")
 	rss1, _ := rssKiB(t.pid)
+	heap1, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
 	s := rec.summary()
 	res := &Result{Name: "churn", Settings: t.settings, ErrorSamples: rec.errMsg}
 	res.Settings["spaces"], res.Settings["idleTTL"] = c.ChurnSpaces, c.ChurnIdleTTL.String()
 	fill(res, s, elapsed, "activations/s")
 	res.Extra = map[string]any{"spaces": c.ChurnSpaces, "peakActiveActors": peak.Load(), "activeAfterEviction": active,
-		"goroutinesBefore": g0, "goroutinesPeak": gPeak, "goroutinesAfter": g1}
+		"goroutinesBefore": g0, "goroutinesPeak": gPeak, "goroutinesAfter": g1,
+		"heapInuseBeforeKiB": int64(heap0) / 1024, "heapInuseAfterKiB": int64(heap1) / 1024}
 	if rssErr == nil && t.pid > 0 {
 		growth := 100 * float64(rss1-rss0) / float64(rss0)
 		res.Extra["rssBeforeKiB"], res.Extra["rssPeakKiB"], res.Extra["rssAfterKiB"], res.Extra["rssGrowthPct"] = rss0, rssPeak, rss1, round2(growth)

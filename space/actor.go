@@ -46,9 +46,8 @@ func (c *call) answer(v any, err error) {
 // spaceActor is the behavior of one space's actor. All fields are owned by
 // the actor goroutine.
 type spaceActor struct {
-	a   *actor.Actor
-	m   *Manager
-	log *zap.Logger
+	a *actor.Actor
+	m *Manager
 
 	loaded bool
 	space  session.Space
@@ -60,7 +59,12 @@ type spaceActor struct {
 }
 
 func (m *Manager) newActor(a *actor.Actor) actor.Behavior {
-	return &spaceActor{a: a, m: m, log: m.log.With(zap.String("space", a.ID()))}
+	return &spaceActor{a: a, m: m}
+}
+
+// logger is built on demand: a resident space keeps no logger of its own.
+func (s *spaceActor) logger() *zap.Logger {
+	return s.m.log.With(zap.String("space", s.a.ID()))
 }
 
 // Receive implements actor.Behavior.
@@ -87,7 +91,7 @@ func (s *spaceActor) Receive(msg any) {
 	case integrateTick:
 		s.maybeIntegrate()
 	default:
-		s.log.Error("unknown message", zap.String("type", fmt.Sprintf("%T", msg)))
+		s.logger().Error("unknown message", zap.String("type", fmt.Sprintf("%T", msg)))
 	}
 }
 
@@ -97,12 +101,12 @@ func (s *spaceActor) ensureLoaded(ctx context.Context, fail func(any, error)) bo
 	if s.loaded {
 		return true
 	}
-	lctx, cancel := context.WithTimeout(s.a.Context(), 15*time.Second)
+	lctx, cancel := context.WithTimeout(s.m.sys.Context(), 15*time.Second)
 	defer cancel()
 	sp, states, err := s.m.store.LoadSpace(lctx, s.a.ID())
 	if err != nil {
 		if !errors.Is(err, session.ErrNotFound) {
-			s.log.Error("load space", zap.Error(err))
+			s.logger().Error("load space", zap.Error(err))
 			err = fmt.Errorf("%w: load space: %w", ErrUnavailable, err)
 		}
 		fail(nil, err)
@@ -113,12 +117,11 @@ func (s *spaceActor) ensureLoaded(ctx context.Context, fail func(any, error)) bo
 	s.tree = newTree(states)
 	if s.tree.root == nil {
 		err := fmt.Errorf("space %s has no root session", sp.ID)
-		s.log.Error("load space", zap.Error(err))
+		s.logger().Error("load space", zap.Error(err))
 		fail(nil, err)
 		s.a.StopSelf(err)
 		return false
 	}
-	s.conns = map[Conn]struct{}{}
 	s.loaded = true
 	s.m.metrics.loads.Add(1)
 	return true
@@ -202,5 +205,5 @@ func (s *spaceActor) closeConns(code int, reason string) {
 	for c := range s.conns {
 		c.CloseWith(code, reason)
 	}
-	s.conns = map[Conn]struct{}{}
+	s.conns = nil
 }

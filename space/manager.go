@@ -279,6 +279,9 @@ func (m *Manager) Enter(ctx context.Context, userID, spaceID, sessionID string) 
 // Attach binds a connection to the space after checking ownership.
 func (m *Manager) Attach(ctx context.Context, userID, spaceID string, c Conn) error {
 	_, err := m.do(ctx, userID, spaceID, func(s *spaceActor) (any, error) {
+		if s.conns == nil {
+			s.conns = map[Conn]struct{}{}
+		}
 		s.conns[c] = struct{}{}
 		return nil, nil
 	})

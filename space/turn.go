@@ -190,5 +190,5 @@ func (m *Manager) checkSpaceID(spaceID string) (string, error) {
 }
 
 func (s *spaceActor) logErr(msg string, err error, fields ...zap.Field) {
-	s.log.Warn(msg, append(fields, zap.Error(err))...)
+	s.logger().Warn(msg, append(fields, zap.Error(err))...)
 }

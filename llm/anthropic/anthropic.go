@@ -48,7 +48,8 @@ type Config struct {
 	MaxTokens int
 	// Timeout bounds each call (all retries included) when > 0.
 	Timeout time.Duration
-	// HTTPClient overrides the HTTP client; nil uses http.DefaultClient.
+	// HTTPClient overrides the HTTP client; nil uses one that keeps up to
+	// 512 idle connections to the endpoint.
 	HTTPClient *http.Client
 	// MaxRetries is how often the SDK retries connection errors, 408, 409,
 	// 429 and 5xx answers (with backoff, honoring Retry-After). 0 disables
@@ -82,9 +83,10 @@ func New(cfg Config) (*Client, error) {
 	if cfg.APIKey != "" {
 		opts = append(opts, option.WithAPIKey(cfg.APIKey))
 	}
-	if cfg.HTTPClient != nil {
-		opts = append(opts, option.WithHTTPClient(cfg.HTTPClient))
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = provutil.HTTPClient()
 	}
+	opts = append(opts, option.WithHTTPClient(cfg.HTTPClient))
 	if cfg.MaxRetries >= 0 {
 		opts = append(opts, option.WithMaxRetries(cfg.MaxRetries))
 	}

@@ -49,7 +49,8 @@ type Config struct {
 	MaxTokens int
 	// Timeout bounds each call (all retries included) when > 0.
 	Timeout time.Duration
-	// HTTPClient overrides the HTTP client; nil uses the SDK default.
+	// HTTPClient overrides the HTTP client; nil uses one that keeps up to
+	// 512 idle connections to the endpoint.
 	HTTPClient *http.Client
 	// MaxRetries is how often the SDK retries connection errors, 408, 409,
 	// 429 and 5xx answers (with backoff, honoring Retry-After). 0 disables
@@ -88,9 +89,10 @@ func New(cfg Config) (*Client, error) {
 		// to a different endpoint.
 		option.WithAPIKey(cfg.APIKey),
 	}
-	if cfg.HTTPClient != nil {
-		opts = append(opts, option.WithHTTPClient(cfg.HTTPClient))
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = provutil.HTTPClient()
 	}
+	opts = append(opts, option.WithHTTPClient(cfg.HTTPClient))
 	if cfg.MaxRetries >= 0 {
 		opts = append(opts, option.WithMaxRetries(cfg.MaxRetries))
 	}

@@ -193,3 +193,14 @@ func (s *DeltaSink) Emit(d llm.Delta) error {
 
 // Err is the error returned by the callback, if any.
 func (s *DeltaSink) Err() error { return s.err }
+
+// HTTPClient is the default client of the providers: http.DefaultTransport
+// keeps only two idle connections per host, so a server with hundreds of
+// turns in flight to one model endpoint would dial a new connection for
+// most calls.
+func HTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 512
+	return &http.Client{Transport: t}
+}
