@@ -47,21 +47,21 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) (
 	}
 	input := llm.Message{Role: llm.RoleUser, Content: req.Input}
 
+	hist = hist.prepare()
 	summary := hist.Summary
 	budget := e.opts.MaxContextTokens
 	fixed := estimateAll(head) + EstimateTokens(input) + e.opts.MaxTokens
-	history := sanitize(hist.Records)
-	total := fixed + estimateAll(toMessages(history))
+	total := fixed + hist.tokens
 	if summary != nil {
 		total += len(*summary)/4 + 4
 	}
-	if total > budget*8/10 && len(history) > 1 {
+	if total > budget*8/10 && len(hist.clean) > 1 {
 		// Keep the newest whole turns within half of what is left and fold
 		// the rest into the summary.
 		keepBudget := (budget - fixed) / 2
-		cut := splitPoint(history, keepBudget)
+		cut := splitPoint(hist.clean, keepBudget)
 		if cut > 0 {
-			older := history[:cut]
+			older := hist.clean[:cut]
 			s, err := e.summarise(ctx, summary, older)
 			if err != nil {
 				return nil, nil, fmt.Errorf("summarise older history: %w", err)
@@ -71,26 +71,40 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) (
 				return nil, nil, err
 			}
 			summary = &s
-			history = history[cut:]
-			kept := hist.Records[len(hist.Records)-len(history):]
-			if len(history) > 0 {
-				// sanitize may have dropped records: keep from the first kept id.
-				for i, r := range hist.Records {
-					if r.ID == history[0].ID {
-						kept = hist.Records[i:]
-						break
-					}
-				}
-			}
-			hist = &History{Summary: summary, SummaryThrough: through, Records: append([]Record(nil), kept...)}
+			hist = (&History{Summary: summary, SummaryThrough: through, Records: append([]Record(nil), hist.clean[cut:]...)}).prepare()
 		}
 	}
-	out := head
+	out := make([]llm.Message, 0, len(head)+len(hist.msgs)+2)
+	out = append(out, head...)
 	if summary != nil && *summary != "" {
 		out = append(out, llm.Message{Role: llm.RoleSystem, Content: "Summary of the earlier conversation:\n" + *summary})
 	}
-	out = append(out, toMessages(history)...)
+	out = append(out, hist.msgs...)
 	return append(out, input), hist, nil
+}
+
+// prepare returns the history with its model view computed: the records
+// with unpaired tool calls and results removed, their messages and their
+// token estimate. A history returned by Turn is already prepared, so a turn
+// on a cached history does not walk it again.
+func (h *History) prepare() *History {
+	if h.ready {
+		return h
+	}
+	clean := sanitize(h.Records)
+	msgs := toMessages(clean)
+	return &History{Summary: h.Summary, SummaryThrough: h.SummaryThrough, Records: h.Records,
+		clean: clean, msgs: msgs, tokens: estimateAll(msgs), ready: true}
+}
+
+// withTurn returns the history followed by a committed turn's records (a
+// complete tool-call group each, so nothing to sanitise). The appends write
+// past the receiver's lengths only, so the receiver is unchanged.
+func (h *History) withTurn(recs []Record) *History {
+	h = h.prepare()
+	msgs := toMessages(recs)
+	return &History{Summary: h.Summary, SummaryThrough: h.SummaryThrough, Records: append(h.Records, recs...),
+		clean: append(h.clean, recs...), msgs: append(h.msgs, msgs...), tokens: h.tokens + estimateAll(msgs), ready: true}
 }
 
 func toMessages(recs []Record) []llm.Message {

@@ -80,6 +80,12 @@ type History struct {
 	Summary        *string
 	SummaryThrough int64
 	Records        []Record
+
+	// The model's view, computed once (see prepare).
+	clean  []Record
+	msgs   []llm.Message
+	tokens int
+	ready  bool
 }
 
 // TurnResult is the outcome of a committed turn.
@@ -168,7 +174,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 	}
 	// Appending never changes the records the caller's cache holds: it
 	// writes past their length, and turns on a session are serial.
-	res.History = &History{Summary: hist.Summary, SummaryThrough: hist.SummaryThrough, Records: append(hist.Records, recs...)}
+	res.History = hist.withTurn(recs)
 	res.TurnCount = turns
 	res.ConsumedInsight = req.Session.Data.Insight
 	res.At = at
