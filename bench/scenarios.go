@@ -343,6 +343,8 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	}
 	time.Sleep(2 * time.Second)
 	base, baseErr := rssKiB(t.pid)
+	heap0, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
+	stack0, _ := metric(ctx, t.url, "go_memstats_stack_inuse_bytes")
 	r.progress("connections: opening %d idle WebSockets (server RSS %d KiB)", c.Conns, base)
 	clients := make([]*wsClient, c.Conns)
 	start := time.Now()
@@ -362,6 +364,8 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	r.progress("connections: %d open in %s; settling", c.Conns, time.Since(start).Round(time.Millisecond))
 	time.Sleep(3 * time.Second)
 	after, afterErr := rssKiB(t.pid)
+	heap1, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
+	stack1, _ := metric(ctx, t.url, "go_memstats_stack_inuse_bytes")
 	// Every connection still answers.
 	rec := newRecorder()
 	_ = parallel(ctx, 64, c.Conns, func(i int) error {
@@ -383,7 +387,9 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	res := &Result{Name: "connections", Throughput: float64(s.N), Unit: "conns answering", P50Ms: s.P50, P95Ms: s.P95, P99Ms: s.P99,
 		Errors: s.Error, Settings: t.settings, ErrorSamples: rec.errMsg}
 	res.Settings["connections"] = c.Conns
-	res.Extra = map[string]any{"connections": c.Conns}
+	res.Extra = map[string]any{"connections": c.Conns,
+		"heapPerConnKiB":  round2((heap1 - heap0) / 1024 / float64(c.Conns)),
+		"stackPerConnKiB": round2((stack1 - stack0) / 1024 / float64(c.Conns))}
 	if baseErr == nil && afterErr == nil && t.pid > 0 {
 		per := float64(after-base) / float64(c.Conns)
 		res.Extra["rssBaseKiB"], res.Extra["rssAfterKiB"], res.Extra["rssPerConnKiB"] = base, after, round2(per)

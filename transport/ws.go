@@ -26,7 +26,7 @@ const maxTurnsPerConn = 16
 var writeBufferPool = &sync.Pool{}
 
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  1024,
+	ReadBufferSize:  512,
 	WriteBufferSize: 4096,
 	WriteBufferPool: writeBufferPool,
 	Subprotocols:    []string{Subprotocol},
@@ -41,8 +41,7 @@ type wsConn struct {
 	spaceID string
 	userID  string
 	ws      *websocket.Conn
-	ctx     context.Context
-	cancel  context.CancelFunc
+	gone    chan struct{} // closed when the reader ends
 
 	mu      sync.Mutex
 	queue   []outMsg
@@ -70,16 +69,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(http.StatusBadRequest, "BAD_REQUEST", "expected a WebSocket upgrade request"))
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), ctx: ctx, cancel: cancel}
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), gone: make(chan struct{})}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
-		cancel()
 		s.writeError(w, r, err)
 		return
 	}
 	ws, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		cancel()
 		s.spaces.Detach(c.spaceID, c)
 		return // the upgrader already answered with an HTTP error
 	}
@@ -123,7 +119,7 @@ func (c *wsConn) readLoop() {
 }
 
 func (c *wsConn) teardown() {
-	c.cancel()
+	close(c.gone)
 	c.mu.Lock()
 	already := c.closed
 	c.closed = true
@@ -313,7 +309,7 @@ func (c *wsConn) handle(data []byte) {
 		c.fail(raw["id"], "BAD_REQUEST", "invalid message: "+err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	switch m.Type {
 	case "session.enter":
@@ -388,9 +384,19 @@ func (c *wsConn) runTurn(id json.RawMessage, sessionID, input string, stream boo
 		}
 		onDelta = func(chunk string) { c.sendDelta(id, chunk) }
 	}
-	res, err := c.s.spaces.Turn(c.ctx, c.userID, c.spaceID, sessionID, input, onDelta)
+	// The wait for the result ends when the connection does; the turn goes on.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.gone:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	res, err := c.s.spaces.Turn(ctx, c.userID, c.spaceID, sessionID, input, onDelta)
 	if err != nil {
-		if c.ctx.Err() == nil {
+		if ctx.Err() == nil {
 			c.failErr(id, err)
 		}
 		return

@@ -1,0 +1,83 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stellohq/stello/bench"
+	"github.com/stellohq/stello/internal/testutil"
+	"github.com/stellohq/stello/llm/fake"
+	"github.com/stellohq/stello/pgstore/pgtest"
+	"github.com/stellohq/stello/space"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// TestHarnessAgainstAServer runs every scenario, scaled down, against a
+// server given by URL, as a user measuring another deployment would.
+func TestHarnessAgainstAServer(t *testing.T) {
+	stack := testutil.NewStack(t, testutil.StackOptions{
+		LLM:   fake.New(fake.Config{Latency: 5 * time.Millisecond}),
+		Space: space.Options{IdleTTL: 200 * time.Millisecond},
+	})
+	_, key := stack.User(t, "bench")
+	out := filepath.Join(t.TempDir(), "report.json")
+	var table, progress bytes.Buffer
+	cfg := bench.Config{
+		URL: stack.URL, APIKey: key, Scenario: "all", Duration: 500 * time.Millisecond, ServerPID: os.Getpid(),
+		Clients: 4, Spaces: 2, StreamClients: 4, StreamLatency: 5 * time.Millisecond, Conns: 20, Readers: 2,
+		ChurnSpaces: 40, ChurnIdleTTL: 200 * time.Millisecond, JSONFile: out,
+	}
+	rep, err := bench.Run(context.Background(), cfg, &table, &progress)
+	require.NoError(t, err, progress.String())
+	require.Len(t, rep.Scenarios, len(bench.Scenarios))
+	for i, s := range rep.Scenarios {
+		assert.Equal(t, bench.Scenarios[i], s.Name)
+		assert.Zero(t, s.Errors, "%s: %v", s.Name, s.ErrorSamples)
+		assert.Positive(t, s.Throughput, s.Name)
+	}
+	assert.Contains(t, table.String(), "scenario")
+	assert.Contains(t, table.String(), "machine:")
+
+	var doc struct {
+		Machine   map[string]any   `json:"machine"`
+		Settings  map[string]any   `json:"settings"`
+		Scenarios []map[string]any `json:"scenarios"`
+	}
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &doc))
+	assert.NotNil(t, doc.Machine["cpus"])
+	assert.NotNil(t, doc.Machine["goVersion"])
+	for _, s := range doc.Scenarios {
+		for _, k := range []string{"name", "throughput", "p50Ms", "p95Ms", "p99Ms", "errors"} {
+			assert.Contains(t, s, k, s["name"])
+		}
+	}
+	byName := map[string]map[string]any{}
+	for _, s := range doc.Scenarios {
+		byName[s["name"].(string)] = s
+	}
+	assert.Contains(t, byName["connections"], "rssPerConnKiB")
+	assert.EqualValues(t, 20, byName["connections"]["throughput"], "every connection answered")
+	assert.Contains(t, byName["stream"], "firstChunkP50Ms")
+	assert.EqualValues(t, 0, byName["churn"]["activeAfterEviction"])
+}
+
+func TestUnknownScenario(t *testing.T) {
+	_, err := bench.Run(context.Background(), bench.Config{URL: "http://127.0.0.1:1", APIKey: "k", Scenario: "nope"}, &bytes.Buffer{}, &bytes.Buffer{})
+	require.ErrorContains(t, err, "unknown scenario")
+}
+
+func TestURLRequiredWithoutSpawn(t *testing.T) {
+	_, err := bench.Run(context.Background(), bench.Config{Scenario: "turns"}, &bytes.Buffer{}, &bytes.Buffer{})
+	require.ErrorContains(t, err, "--url and --api-key")
+}
