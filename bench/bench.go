@@ -36,6 +36,9 @@ type Config struct {
 	StreamLatency time.Duration
 	Conns         int // connections: idle WebSockets
 	Readers       int // reads: concurrent readers
+	// ReadsTurnLatency is the model latency of the turns running during
+	// reads (0: as fast as the server goes, saturating the CPU).
+	ReadsTurnLatency time.Duration
 	ChurnSpaces   int // churn: distinct spaces touched
 	ChurnIdleTTL  time.Duration
 

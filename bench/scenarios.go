@@ -414,7 +414,9 @@ func countNonNil(cs []*wsClient) int {
 
 func (r *runner) reads(ctx context.Context) (*Result, error) {
 	c := r.cfg
-	t, err := r.start(ctx, fakeModel)
+	model := fakeModel
+	model.TTFT = c.ReadsTurnLatency
+	t, err := r.start(ctx, model)
 	if err != nil {
 		return nil, err
 	}

@@ -28,6 +28,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&c.StreamLatency, "stream-latency", 500*time.Millisecond, "stream: model time to first token")
 	fs.IntVar(&c.Conns, "conns", 10000, "connections: idle WebSocket connections")
 	fs.IntVar(&c.Readers, "readers", 16, "reads: concurrent readers")
+	fs.DurationVar(&c.ReadsTurnLatency, "reads-turn-latency", 0, "reads: model latency of the turns running meanwhile (0: saturate)")
 	fs.IntVar(&c.ChurnSpaces, "churn-spaces", 100000, "churn: distinct spaces touched")
 	fs.DurationVar(&c.ChurnIdleTTL, "churn-idle-ttl", 3*time.Second, "churn: --idle-ttl of the spawned server")
 	fs.StringVar(&c.Model, "model", "auto", "spawned server's model: auto (fake for turns/reads/connections/churn, mockllm over HTTP for stream), fake or mock")
