@@ -267,9 +267,11 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 	defer closeAll(clients)
 	r.progress("stream: %d clients streaming for %s, model TTFT %s", c.StreamClients, c.Duration, c.StreamLatency)
 	rec, first, gaps, over := newRecorder(), newRecorder(), newRecorder(), newRecorder()
+	measureFrom := time.Now().Add(2 * time.Second) // loop's warmup: not recorded
 	elapsed := loop(ctx, c.StreamClients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
 		w := clients[i]
 		start := time.Now()
+		measured := !start.Before(measureFrom)
 		if err := w.send(map[string]any{"type": "session.stream", "input": "load test input", "id": "t"}); err != nil {
 			return err
 		}
@@ -282,14 +284,18 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 			now := time.Now()
 			switch m.Type {
 			case "stream.delta":
-				if last.IsZero() {
+				switch {
+				case !measured:
+				case last.IsZero():
 					first.ok(now.Sub(start))
-				} else {
+				default:
 					gaps.ok(now.Sub(last))
 				}
 				last = now
 			case "stream.end":
-				over.ok(now.Sub(start) - c.StreamLatency)
+				if measured {
+					over.ok(now.Sub(start) - c.StreamLatency)
+				}
 				return nil
 			}
 		}
