@@ -34,7 +34,8 @@ type Behavior interface {
 	// mailbox are handed to Reject.
 	Stopped()
 	// Reject answers a message that will never be received because the
-	// actor stopped.
+	// actor stopped. For a task's result it runs on the task's goroutine,
+	// after the actor stopped, so it must touch only the message.
 	Reject(msg any, err error)
 }
 
@@ -193,7 +194,10 @@ func (a *Actor) Go(fn func(ctx context.Context) any) {
 		a.tasks.Add(-1)
 		if msg != nil {
 			if err := a.send(msg, true); err != nil {
+				// The actor stopped while the task ran: whoever waits for
+				// the result still gets an answer.
 				a.sys.dropped.Add(1)
+				a.beh.Reject(msg, err)
 			}
 		}
 	}()

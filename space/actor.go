@@ -143,6 +143,20 @@ func (s *spaceActor) Reject(msg any, err error) {
 		m.answer(nil, err)
 	case *turnCall:
 		m.fail(nil, err)
+	case *turnDone:
+		// The turn ended after its space stopped (deleted, or shutting
+		// down): its outcome is still the caller's answer.
+		select {
+		case m.call.reply <- turnReply{res: m.res, err: m.err}:
+		default:
+		}
+	case *memoryDone:
+		if m.reply != nil {
+			select {
+			case m.reply <- result{err: fmt.Errorf("%w: the space stopped", ErrUnavailable)}:
+			default:
+			}
+		}
 	}
 }
 
