@@ -39,8 +39,8 @@ type Config struct {
 	// ReadsTurnLatency is the model latency of the turns running during
 	// reads (0: as fast as the server goes, saturating the CPU).
 	ReadsTurnLatency time.Duration
-	ChurnSpaces   int // churn: distinct spaces touched
-	ChurnIdleTTL  time.Duration
+	ChurnSpaces      int // churn: distinct spaces touched
+	ChurnIdleTTL     time.Duration
 
 	// Model is the spawned server's model: "auto" (the in-process fake for
 	// turns, reads, connections and churn; the HTTP mock for stream),
