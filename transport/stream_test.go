@@ -10,11 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/bench/mockllm"
 	"github.com/stellohq/stello/internal/testutil"
+	"github.com/stellohq/stello/pgstore"
 )
 
 // TestSSEClientGoneMidStreamTurnPersists: a client that drops an SSE turn
@@ -114,4 +116,21 @@ func TestForkOptionsReachTheModel(t *testing.T) {
 	}, got)
 	b, _ := json.Marshal(got)
 	assert.NotContains(t, string(b), "parent prompt", "the child's own system prompt replaces the parent's")
+}
+
+// TestDatabaseUnreachableIs503: with the database gone, requests answer
+// 503 UNAVAILABLE (not a 500), and /readyz says so too.
+func TestDatabaseUnreachableIs503(t *testing.T) {
+	t.Parallel()
+	pool, err := pgxpool.New(context.Background(), "postgres://stello@127.0.0.1:1/stello?sslmode=disable&connect_timeout=2")
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	st := testutil.NewStack(t, testutil.StackOptions{Store: pgstore.New(pool)})
+	c := restClient{t: t, base: st.URL, key: "sk_stello_whatever"}
+	restErr(t, c.do("GET", "/spaces", nil), http.StatusServiceUnavailable, "UNAVAILABLE")
+	restErr(t, c.do("GET", "/readyz", nil), http.StatusServiceUnavailable, "UNAVAILABLE")
+	resp, err := http.Get(st.URL + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "the process is up")
 }
