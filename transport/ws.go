@@ -171,7 +171,10 @@ func (m outMsg) bytes() []byte {
 	if m.delta == nil {
 		return m.data
 	}
-	b, _ := json.Marshal(out("stream.delta", m.delta.id, "chunk", string(m.delta.chunk)))
+	o := out("stream.delta", m.delta.id)
+	chunk := string(m.delta.chunk)
+	o.Chunk = &chunk
+	b, _ := json.Marshal(o)
 	return b
 }
 
@@ -273,21 +276,31 @@ type wsIn struct {
 	Options   *session.ForkOptions `json:"options"`
 }
 
-// out builds an outgoing message echoing the client's id.
-func out(typ string, id json.RawMessage, kv ...any) map[string]any {
-	m := make(map[string]any, 2+len(kv)/2)
-	m["type"] = typ
-	if len(id) > 0 && string(id) != "null" {
-		m["id"] = id
+// wsOut is every server → client message; a type sets only its fields.
+type wsOut struct {
+	Type      string          `json:"type"`
+	ID        json.RawMessage `json:"id,omitempty"`
+	SessionID string          `json:"sessionId,omitempty"`
+	Bootstrap *Bootstrap      `json:"bootstrap,omitempty"`
+	Child     *SessionMeta    `json:"child,omitempty"`
+	Result    *TurnResult     `json:"result,omitempty"`
+	Chunk     *string         `json:"chunk,omitempty"`
+	Message   string          `json:"message,omitempty"`
+	Code      string          `json:"code,omitempty"`
+}
+
+// out starts an outgoing message echoing the client's id.
+func out(typ string, id json.RawMessage) wsOut {
+	if string(id) == "null" {
+		id = nil
 	}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m[kv[i].(string)] = kv[i+1]
-	}
-	return m
+	return wsOut{Type: typ, ID: id}
 }
 
 func (c *wsConn) fail(id json.RawMessage, code, msg string) {
-	c.send(out("error", id, "message", msg, "code", code))
+	o := out("error", id)
+	o.Message, o.Code = msg, code
+	c.send(o)
 }
 
 func (c *wsConn) failErr(id json.RawMessage, err error) {
@@ -327,7 +340,10 @@ func (c *wsConn) handle(data []byte) {
 			return
 		}
 		c.entered = b.Session.ID
-		c.send(out("session.entered", m.ID, "sessionId", b.Session.ID, "bootstrap", toBootstrap(b)))
+		o := out("session.entered", m.ID)
+		bs := toBootstrap(b)
+		o.SessionID, o.Bootstrap = b.Session.ID, &bs
+		c.send(o)
 	case "session.leave":
 		if c.entered == "" {
 			c.fail(m.ID, "NOT_ENTERED", "not in a session; send session.enter first")
@@ -335,7 +351,9 @@ func (c *wsConn) handle(data []byte) {
 		}
 		left := c.entered
 		c.entered = ""
-		c.send(out("session.left", m.ID, "sessionId", left))
+		o := out("session.left", m.ID)
+		o.SessionID = left
+		c.send(o)
 	case "session.message", "session.stream":
 		if c.entered == "" {
 			c.fail(m.ID, "NOT_ENTERED", "not in a session; send session.enter first")
@@ -365,7 +383,10 @@ func (c *wsConn) handle(data []byte) {
 			c.failErr(m.ID, err)
 			return
 		}
-		c.send(out("session.forked", m.ID, "child", toMeta(v)))
+		o := out("session.forked", m.ID)
+		child := toMeta(v)
+		o.Child = &child
+		c.send(o)
 	case "":
 		c.fail(m.ID, "BAD_REQUEST", "type is required")
 	default:
@@ -405,7 +426,10 @@ func (c *wsConn) runTurn(id json.RawMessage, sessionID, input string, stream boo
 	if stream {
 		typ = "stream.end"
 	}
-	c.send(out(typ, id, "result", toTurn(res)))
+	o := out(typ, id)
+	tr := toTurn(res)
+	o.Result = &tr
+	c.send(o)
 }
 
 // pingHub pings every connection from one goroutine and drops peers that
