@@ -64,13 +64,19 @@ func (s *Store) ListSpaces(ctx context.Context, userID string) ([]session.Space,
 // LoadSpace reads a space and its whole session tree with every session's
 // data slots. It fails with session.ErrNotFound when the space does not exist.
 func (s *Store) LoadSpace(ctx context.Context, spaceID string) (session.Space, []session.State, error) {
-	sp, err := scanSpace(s.pool.QueryRow(ctx, "SELECT "+spaceCols+" FROM spaces WHERE id = $1", spaceID))
+	// Both queries in one round trip.
+	b := &pgx.Batch{}
+	b.Queue("SELECT "+spaceCols+" FROM spaces WHERE id = $1", spaceID)
+	b.Queue(`SELECT `+sessionCols+`, d.system_prompt, d.memory, d.insight, d.consolidate_prompt, d.integrate_prompt, d.memory_version
+		FROM sessions s JOIN session_data d ON d.session_id = s.id AND d.space_id = s.space_id
+		WHERE s.space_id = $1 ORDER BY s.depth, s.idx, s.created_at`, spaceID)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	sp, err := scanSpace(br.QueryRow())
 	if err != nil {
 		return session.Space{}, nil, wrap("load space", err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+sessionCols+`, d.system_prompt, d.memory, d.insight, d.consolidate_prompt, d.integrate_prompt, d.memory_version
-		FROM sessions s JOIN session_data d ON d.session_id = s.id AND d.space_id = s.space_id
-		WHERE s.space_id = $1 ORDER BY s.depth, s.idx, s.created_at`, spaceID)
+	rows, err := br.Query()
 	if err != nil {
 		return session.Space{}, nil, wrap("load sessions", err)
 	}
@@ -86,6 +92,9 @@ func (s *Store) LoadSpace(ctx context.Context, spaceID string) (session.Space, [
 	})
 	if err != nil {
 		return session.Space{}, nil, wrap("load sessions", err)
+	}
+	if err := br.Close(); err != nil {
+		return session.Space{}, nil, wrap("load space", err)
 	}
 	return sp, sessions, nil
 }

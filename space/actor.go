@@ -103,7 +103,16 @@ func (s *spaceActor) ensureLoaded(ctx context.Context, fail func(any, error)) bo
 	}
 	lctx, cancel := context.WithTimeout(s.m.sys.Context(), 15*time.Second)
 	defer cancel()
-	sp, states, err := s.m.store.LoadSpace(lctx, s.a.ID())
+	var sp session.Space
+	var states []session.State
+	var err error
+	select {
+	case s.m.loads <- struct{}{}:
+		sp, states, err = s.m.store.LoadSpace(lctx, s.a.ID())
+		<-s.m.loads
+	case <-lctx.Done():
+		err = lctx.Err()
+	}
 	if err != nil {
 		if !errors.Is(err, session.ErrNotFound) {
 			s.logger().Error("load space", zap.Error(err))

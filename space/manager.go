@@ -24,6 +24,10 @@ type Options struct {
 	IntegrateDelay time.Duration
 	// MemoryTimeout bounds one consolidation or integration (default 2m).
 	MemoryTimeout time.Duration
+	// MaxConcurrentLoads bounds how many actors load their space from the
+	// database at once (default 8), so a storm of activations queues in
+	// the server instead of growing the database pool.
+	MaxConcurrentLoads int
 }
 
 // Manager is the handle on every space actor: the agent pool.
@@ -34,6 +38,7 @@ type Manager struct {
 	log     *zap.Logger
 	sys     *actor.System
 	metrics managerMetrics
+	loads   chan struct{} // semaphore of space loads
 }
 
 type managerMetrics struct {
@@ -55,10 +60,13 @@ func NewManager(opts Options, store Store, engine Engine, log *zap.Logger) *Mana
 	if opts.MemoryTimeout <= 0 {
 		opts.MemoryTimeout = 2 * time.Minute
 	}
+	if opts.MaxConcurrentLoads <= 0 {
+		opts.MaxConcurrentLoads = 8
+	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	m := &Manager{opts: opts, store: store, engine: engine, log: log}
+	m := &Manager{opts: opts, store: store, engine: engine, log: log, loads: make(chan struct{}, opts.MaxConcurrentLoads)}
 	m.sys = actor.NewSystem(actor.Options{IdleTTL: opts.IdleTTL, MailboxSize: opts.MailboxSize}, m.newActor)
 	return m
 }
