@@ -15,6 +15,7 @@ import (
 	"github.com/stellohq/stello/bench"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm/fake"
+	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/pgstore/pgtest"
 	"github.com/stellohq/stello/space"
 )
@@ -70,6 +71,31 @@ func TestHarnessAgainstAServer(t *testing.T) {
 	assert.EqualValues(t, 20, byName["connections"]["throughput"], "every connection answered")
 	assert.Contains(t, byName["stream"], "firstChunkP50Ms")
 	assert.EqualValues(t, 0, byName["churn"]["activeAfterEviction"])
+}
+
+// TestTurnsAgainstPgbench: the turns scenario runs turn.sql with pgbench on
+// the server's database and reports the ratio.
+func TestTurnsAgainstPgbench(t *testing.T) {
+	url := testutil.MigratedURL(t)
+	st, err := pgstore.Open(context.Background(), url, pgstore.PoolOptions{MaxConns: 8})
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	stack := testutil.NewStack(t, testutil.StackOptions{Store: st})
+	_, key := stack.User(t, "bench")
+	var table, progress bytes.Buffer
+	rep, err := bench.Run(context.Background(), bench.Config{URL: stack.URL, APIKey: key, Scenario: "turns",
+		Duration: 500 * time.Millisecond, Clients: 2, Spaces: 2, DatabaseURL: url}, &table, &progress)
+	require.NoError(t, err, progress.String())
+	require.Len(t, rep.Scenarios, 1)
+	s := rep.Scenarios[0]
+	assert.Zero(t, s.Errors, s.ErrorSamples)
+	require.NotNil(t, s.PgbenchRatio, "%v\n%s", s.Extra, progress.String())
+	assert.Positive(t, *s.PgbenchRatio)
+	assert.Positive(t, s.Extra["pgbenchTps"])
+	var turns int
+	require.NoError(t, st.Pool().QueryRow(context.Background(), "SELECT sum(turn_count) FROM sessions").Scan(&turns))
+	// pgbench ran at least 5 s at that rate on the same sessions.
+	assert.GreaterOrEqual(t, float64(turns), s.Extra["pgbenchTps"].(float64), "pgbench's commits bump the sessions' turn counts")
 }
 
 func TestUnknownScenario(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/stellohq/stello/bench/mockllm"
 	"github.com/stellohq/stello/bench/pgbench"
+	"github.com/stellohq/stello/pgstore/embedpg"
 )
 
 // session is one place a client talks to.
@@ -161,7 +163,14 @@ func (r *runner) turns(ctx context.Context) (*Result, error) {
 func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients int) (float64, error) {
 	bin, err := exec.LookPath("pgbench")
 	if err != nil {
-		return 0, errors.New("pgbench not found on PATH")
+		dir, derr := embedpg.FindBinaries()
+		if derr != nil {
+			return 0, errors.New("pgbench not found on PATH nor beside the PostgreSQL server binaries")
+		}
+		bin = filepath.Join(dir, "pgbench")
+		if _, err := os.Stat(bin); err != nil {
+			return 0, errors.New("pgbench not found on PATH nor in " + dir)
+		}
 	}
 	conn, err := pgx.Connect(ctx, r.dbURL)
 	if err != nil {
