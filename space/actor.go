@@ -132,7 +132,6 @@ func (s *spaceActor) ensureLoaded(ctx context.Context, fail func(any, error)) bo
 		return false
 	}
 	s.loaded = true
-	s.m.metrics.loads.Add(1)
 	return true
 }
 

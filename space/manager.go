@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -32,17 +31,12 @@ type Options struct {
 
 // Manager is the handle on every space actor: the agent pool.
 type Manager struct {
-	opts    Options
-	store   Store
-	engine  Engine
-	log     *zap.Logger
-	sys     *actor.System
-	metrics managerMetrics
-	loads   chan struct{} // semaphore of space loads
-}
-
-type managerMetrics struct {
-	loads atomic.Uint64
+	opts   Options
+	store  Store
+	engine Engine
+	log    *zap.Logger
+	sys    *actor.System
+	loads  chan struct{} // semaphore of space loads
 }
 
 // NewManager starts the actor system. engine may be nil, in which case
@@ -86,8 +80,8 @@ func (m *Manager) Close(ctx context.Context) error { return m.sys.Close(ctx) }
 // do runs fn on the space's actor after the ownership check and waits for
 // its answer. An id that is not a UUID is ErrNotFound.
 func (m *Manager) do(ctx context.Context, userID, spaceID string, fn func(s *spaceActor) (any, error)) (any, error) {
-	if _, err := parseID(spaceID); err != nil {
-		return nil, fmt.Errorf("space %q: %w", spaceID, session.ErrNotFound)
+	if err := checkSpaceID(spaceID); err != nil {
+		return nil, err
 	}
 	c := &call{ctx: ctx, userID: userID, fn: fn, reply: make(chan result, 1)}
 	if err := m.sys.Send(spaceID, c); err != nil {

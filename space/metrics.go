@@ -4,7 +4,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stellohq/stello/llm"
@@ -71,18 +70,4 @@ func resultLabel(err error) string {
 		return "llm_error"
 	}
 	return "error"
-}
-
-// parseID accepts only the canonical spelling of a UUID (lower case, with
-// hyphens): the id is the actor's key, so another spelling of the same UUID
-// would start a second actor for the same space.
-func parseID(id string) (string, error) {
-	u, err := uuid.Parse(id)
-	if err != nil {
-		return "", err
-	}
-	if u.String() != id {
-		return "", errors.New("not a canonical UUID")
-	}
-	return id, nil
 }

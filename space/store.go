@@ -5,7 +5,6 @@ package space
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/stellohq/stello/session"
@@ -22,5 +21,4 @@ type Store interface {
 	ArchiveSession(ctx context.Context, spaceID, sessionID string) (time.Time, error)
 	SetSlot(ctx context.Context, spaceID, sessionID string, slot session.Slot, content *string) error
 	ListRecords(ctx context.Context, spaceID, sessionID string, limit, offset int) ([]session.Record, error)
-	SetSpaceValue(ctx context.Context, spaceID, key string, value json.RawMessage) error
 }

@@ -56,7 +56,7 @@ type turnDone struct {
 // ctx only bounds the wait for the result. onDelta, if not nil, receives
 // streamed text from the turn's goroutine and must not block.
 func (m *Manager) Turn(ctx context.Context, userID, spaceID, sessionID, input string, onDelta func(string)) (session.TurnResult, error) {
-	if _, err := m.checkSpaceID(spaceID); err != nil {
+	if err := checkSpaceID(spaceID); err != nil {
 		return session.TurnResult{}, err
 	}
 	if input == "" {
@@ -180,13 +180,6 @@ func (s *spaceActor) finishTurn(d *turnDone) {
 	if d.err == nil && s.m.opts.ConsolidateEvery > 0 && d.res.TurnCount%s.m.opts.ConsolidateEvery == 0 {
 		s.startConsolidation(n, nil)
 	}
-}
-
-func (m *Manager) checkSpaceID(spaceID string) (string, error) {
-	if _, err := parseID(spaceID); err != nil {
-		return "", fmt.Errorf("space %q: %w", spaceID, session.ErrNotFound)
-	}
-	return spaceID, nil
 }
 
 func (s *spaceActor) logErr(msg string, err error, fields ...zap.Field) {

@@ -121,7 +121,6 @@ func (c *wsConn) readLoop() {
 func (c *wsConn) teardown() {
 	close(c.gone)
 	c.mu.Lock()
-	already := c.closed
 	c.closed = true
 	c.queue = nil
 	c.mu.Unlock()
@@ -129,7 +128,6 @@ func (c *wsConn) teardown() {
 	if _, ok := c.s.conns.LoadAndDelete(c); ok {
 		c.s.wsActive.Dec()
 	}
-	_ = already
 	c.s.spaces.Detach(c.spaceID, c)
 }
 
