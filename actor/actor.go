@@ -8,6 +8,7 @@ package actor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,9 +31,10 @@ type Behavior interface {
 	// Idle reports whether the actor holds nothing that would be lost by
 	// stopping it: no connection, no queued or running work.
 	Idle() bool
-	// Stopped is called once after the actor stopped. Messages still in the
-	// mailbox are handed to Reject.
-	Stopped()
+	// Stopped is called once after the actor stopped, with the reason.
+	// Messages still in the mailbox are handed to Reject; Stopped must
+	// answer whatever else waits on the behavior (queued work).
+	Stopped(err error)
 	// Reject answers a message that will never be received because the
 	// actor stopped. For a task's result it runs on the task's goroutine,
 	// after the actor stopped, so it must touch only the message.
@@ -79,8 +81,12 @@ func (a *Actor) Send(msg any) error { return a.send(msg, false) }
 func (a *Actor) send(msg any, internal bool) error {
 	a.mu.Lock()
 	if a.stopped {
+		err := a.stopErr
 		a.mu.Unlock()
-		return ErrStopped
+		if err == nil || errors.Is(err, ErrStopped) {
+			return ErrStopped
+		}
+		return fmt.Errorf("%w: %w", ErrStopped, err)
 	}
 	if !internal && len(a.queue)-a.head >= a.sys.opts.MailboxSize {
 		a.mu.Unlock()
@@ -132,9 +138,27 @@ func (a *Actor) run() {
 			a.stop(m.err)
 			return
 		default:
-			a.beh.Receive(msg)
+			if err := a.receive(msg); err != nil {
+				// The behavior's state may be half-updated: answer the
+				// message's caller, stop, and let the next message start a
+				// fresh actor that reloads from the database.
+				a.beh.Reject(msg, err)
+				a.stop(err)
+				return
+			}
 		}
 	}
+}
+
+// receive hands msg to the behavior, turning a panic into an error.
+func (a *Actor) receive(msg any) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = a.sys.opts.Guard.Caught("actor", v)
+		}
+	}()
+	a.beh.Receive(msg)
+	return nil
 }
 
 func (a *Actor) pending() int {
@@ -165,7 +189,7 @@ func (a *Actor) stop(err error) {
 		}
 		a.beh.Reject(m, err)
 	}
-	a.beh.Stopped()
+	a.beh.Stopped(err)
 	close(a.sys.doneCh(a))
 }
 
@@ -181,16 +205,17 @@ type stopMsg struct {
 }
 
 // Go runs fn as a task on its own goroutine with the actor's context; call
-// it from Receive. The
-// message fn returns (if not nil) is delivered to the actor's mailbox even
-// when it is full. The actor is not idle while a task runs.
-func (a *Actor) Go(fn func(ctx context.Context) any) {
+// it from Receive. The message fn returns (if not nil) is delivered to the
+// actor's mailbox even when it is full. If fn panics, the message made by
+// onPanic from the recovered error is delivered instead, so whoever waits
+// on the task is answered. The actor is not idle while a task runs.
+func (a *Actor) Go(fn func(ctx context.Context) any, onPanic func(err error) any) {
 	a.tasks.Add(1)
 	a.sys.tasks.Add(1)
 	ctx := a.Context()
 	go func() {
 		defer a.sys.tasks.Done()
-		msg := fn(ctx)
+		msg := a.runTask(ctx, fn, onPanic)
 		a.tasks.Add(-1)
 		if msg != nil {
 			if err := a.send(msg, true); err != nil {
@@ -201,6 +226,27 @@ func (a *Actor) Go(fn func(ctx context.Context) any) {
 			}
 		}
 	}()
+}
+
+func (a *Actor) runTask(ctx context.Context, fn func(ctx context.Context) any, onPanic func(err error) any) (msg any) {
+	defer func() {
+		if v := recover(); v != nil {
+			err := a.sys.opts.Guard.Caught("task", v)
+			msg = nil
+			if onPanic != nil {
+				msg = onPanic(err)
+			}
+		}
+	}()
+	return fn(ctx)
+}
+
+// Stopping reports whether the actor has stopped (for a behavior that
+// stopped itself in the middle of Receive).
+func (a *Actor) Stopping() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stopped
 }
 
 // Tasks returns the number of running tasks.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/stellohq/stello/internal/guard"
 )
 
 // counter is a behavior that records what it receives.
@@ -37,7 +39,7 @@ func (c *counter) Receive(msg any) {
 	c.mu.Unlock()
 }
 func (c *counter) Idle() bool            { return c.idle.Load() }
-func (c *counter) Stopped()              { c.stopped.Store(true) }
+func (c *counter) Stopped(error)         { c.stopped.Store(true) }
 func (c *counter) Reject(_ any, _ error) { c.rejected.Add(1) }
 
 func (c *counter) messages() []any {
@@ -143,7 +145,7 @@ func TestTaskReportsBackAndBlocksEviction(t *testing.T) {
 		a.Go(func(ctx context.Context) any {
 			<-release
 			return "done"
-		})
+		}, nil)
 	}))
 	time.Sleep(100 * time.Millisecond)
 	assert.Equal(t, 1, s.Len(), "an actor with a running task is not evicted")
@@ -177,7 +179,7 @@ func TestCloseStopsEverything(t *testing.T) {
 			<-ctx.Done()
 			close(cancelled)
 			return nil
-		})
+		}, nil)
 	}))
 	require.Eventually(t, func() bool { return r.get("a") != nil }, time.Second, time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -185,4 +187,40 @@ func TestCloseStopsEverything(t *testing.T) {
 	require.NoError(t, s.Close(ctx))
 	<-cancelled
 	assert.ErrorIs(t, s.Send("b", 1), ErrClosed)
+}
+
+func TestPanicInReceiveStopsTheActorAndAnswers(t *testing.T) {
+	g := guard.New(nil)
+	s, r := newSys(t, Options{MailboxSize: 10, Guard: g})
+	block := make(chan struct{})
+	require.NoError(t, s.Send("a", block))
+	require.NoError(t, s.Send("a", func(*Actor) { panic("boom") }))
+	require.NoError(t, s.Send("a", 1))
+	first := r.get("a")
+	close(block)
+	require.Eventually(t, func() bool { return first.stopped.Load() }, time.Second, time.Millisecond)
+	// The panicking message and the one queued behind it were answered.
+	assert.Equal(t, int32(2), first.rejected.Load())
+	assert.Equal(t, 1, g.Count("actor"))
+	assert.Equal(t, 0, s.Len(), "the actor is gone")
+	require.NoError(t, s.Send("a", 2), "the next message starts a fresh actor")
+	require.Eventually(t, func() bool {
+		c := r.get("a")
+		return c != first && len(c.messages()) == 1
+	}, time.Second, time.Millisecond)
+}
+
+func TestPanicInTaskIsDeliveredAsMessage(t *testing.T) {
+	g := guard.New(nil)
+	s, r := newSys(t, Options{Guard: g})
+	require.NoError(t, s.Send("a", func(a *Actor) {
+		a.Go(func(ctx context.Context) any { panic("task boom") },
+			func(err error) any { return err })
+	}))
+	require.Eventually(t, func() bool { return len(r.get("a").messages()) == 1 }, time.Second, time.Millisecond)
+	err, _ := r.get("a").messages()[0].(error)
+	require.ErrorIs(t, err, guard.ErrPanic)
+	assert.NotContains(t, errors.Unwrap(err).Error(), "task boom", "the answer does not carry the panic value")
+	assert.Equal(t, 1, g.Count("task"))
+	assert.Equal(t, 1, s.Len(), "a task panic does not stop the actor")
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/puzpuzpuz/xsync/v3"
+
+	"github.com/stellohq/stello/internal/guard"
 )
 
 // Options configure a System.
@@ -17,6 +19,8 @@ type Options struct {
 	IdleTTL time.Duration
 	// MailboxSize bounds each mailbox (default 256).
 	MailboxSize int
+	// Guard logs and counts panics of behaviors and tasks (may be nil).
+	Guard *guard.Guard
 }
 
 // massEviction is how many evictions between two sweeps make the runtime

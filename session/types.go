@@ -150,6 +150,14 @@ func (o *ForkOptions) Validate() error {
 	if err := ValidateLabel(o.Label); err != nil {
 		return err
 	}
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{{"scope", o.Scope}, {"systemPrompt", o.SystemPrompt}, {"prompt", o.Prompt}} {
+		if err := validOptText(f.name, f.v); err != nil {
+			return err
+		}
+	}
 	switch o.Context {
 	case "":
 		o.Context = "none"
@@ -168,7 +176,7 @@ func ValidateLabel(label string) error {
 	if len([]rune(label)) > MaxLabelLen {
 		return &FieldError{Field: "label", Msg: "must be at most 200 characters"}
 	}
-	return nil
+	return ValidText("label", label)
 }
 
 // FieldError is a validation error naming the offending field.

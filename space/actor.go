@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/actor"
+	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/session"
 )
 
@@ -24,8 +25,9 @@ type Conn interface {
 }
 
 // call runs fn on the space actor's goroutine and replies with its result.
+// fn must not block: it reads or changes the actor's memory only. Writes
+// go through a writeOp instead.
 type call struct {
-	ctx    context.Context
 	userID string // "" for internal calls, which skip the ownership check
 	fn     func(s *spaceActor) (any, error)
 	reply  chan result
@@ -43,17 +45,26 @@ func (c *call) answer(v any, err error) {
 	}
 }
 
+// deferred is returned by a call's fn whose answer comes later (a write).
+type deferred struct{}
+
 // spaceActor is the behavior of one space's actor. All fields are owned by
 // the actor goroutine.
 type spaceActor struct {
 	a *actor.Actor
 	m *Manager
 
-	loaded bool
-	space  session.Space
-	tree   *tree
-	conns  map[Conn]struct{}
-	work   int // queued or running turns and memory jobs
+	loaded  bool
+	loading bool
+	stash   []any // messages received while the space loads
+
+	space session.Space
+	tree  *tree
+	conns map[Conn]struct{}
+	work  int // queued or running turns, memory jobs and writes
+
+	writes  []*writeOp // writes waiting behind the running one
+	writing bool
 
 	mem memState // consolidation / integration bookkeeping
 }
@@ -70,98 +81,178 @@ func (s *spaceActor) logger() *zap.Logger {
 // Receive implements actor.Behavior.
 func (s *spaceActor) Receive(msg any) {
 	switch m := msg.(type) {
+	case *loadDone:
+		s.finishLoad(m)
+		return
+	case *turnDone:
+		s.finishTurn(m)
+		return
+	case *memoryDone:
+		s.finishMemory(m)
+		return
+	case *writeDone:
+		s.finishWrite(m)
+		return
+	case integrateTick:
+		s.maybeIntegrate()
+		return
+	}
+	if !s.loaded {
+		s.stash = append(s.stash, msg)
+		s.startLoad()
+		return
+	}
+	switch m := msg.(type) {
 	case *call:
-		if !s.ensureLoaded(m.ctx, m.answer) {
-			return
-		}
 		if m.userID != "" && m.userID != s.space.UserID {
 			m.answer(nil, session.ErrForbidden)
 			return
 		}
-		m.answer(m.fn(s))
-	case *turnCall:
-		if !s.ensureLoaded(m.ctx, m.fail) {
+		v, err := m.fn(s)
+		if _, later := v.(deferred); later && err == nil {
 			return
 		}
+		m.answer(v, err)
+	case *writeOp:
+		if m.userID != "" && m.userID != s.space.UserID {
+			m.answer(nil, session.ErrForbidden)
+			return
+		}
+		s.enqueueWrite(m)
+	case *turnCall:
 		s.startOrQueue(m)
-	case *turnDone:
-		s.finishTurn(m)
-	case *memoryDone:
-		s.finishMemory(m)
-	case integrateTick:
-		s.maybeIntegrate()
 	default:
 		s.logger().Error("unknown message", zap.String("type", fmt.Sprintf("%T", msg)))
 	}
 }
 
-// ensureLoaded loads the space and its tree on the first message. When the
-// space does not exist the actor stops itself.
-func (s *spaceActor) ensureLoaded(ctx context.Context, fail func(any, error)) bool {
-	if s.loaded {
-		return true
+// loadDone reports the space loaded from the database.
+type loadDone struct {
+	space  session.Space
+	states []session.State
+	err    error
+}
+
+// startLoad loads the space and its tree as a task; messages wait in the
+// stash meanwhile.
+func (s *spaceActor) startLoad() {
+	if s.loading {
+		return
 	}
-	lctx, cancel := context.WithTimeout(s.m.sys.Context(), 15*time.Second)
-	defer cancel()
-	var sp session.Space
-	var states []session.State
-	var err error
-	select {
-	case s.m.loads <- struct{}{}:
-		sp, states, err = s.m.store.LoadSpace(lctx, s.a.ID())
-		<-s.m.loads
-	case <-lctx.Done():
-		err = lctx.Err()
+	s.loading = true
+	id, m := s.a.ID(), s.m
+	s.a.Go(func(ctx context.Context) any {
+		ctx, cancel := context.WithTimeout(ctx, m.opts.LoadTimeout)
+		defer cancel()
+		select {
+		case m.loads <- struct{}{}:
+			defer func() { <-m.loads }()
+		case <-ctx.Done():
+			return &loadDone{err: fmt.Errorf("%w: waiting to load the space: %w", ErrUnavailable, ctx.Err())}
+		}
+		sp, states, err := m.store.LoadSpace(ctx, id)
+		return &loadDone{space: sp, states: states, err: err}
+	}, func(err error) any { return &loadDone{err: err} })
+}
+
+func (s *spaceActor) finishLoad(d *loadDone) {
+	s.loading = false
+	err := d.err
+	if err == nil {
+		s.space = d.space
+		s.tree = newTree(d.states)
+		if s.tree.root == nil {
+			err = fmt.Errorf("space %s has no root session", d.space.ID)
+		}
 	}
 	if err != nil {
 		if !errors.Is(err, session.ErrNotFound) {
 			s.logger().Error("load space", zap.Error(err))
-			err = fmt.Errorf("%w: load space: %w", ErrUnavailable, err)
+			if !errors.Is(err, guard.ErrPanic) && !errors.Is(err, ErrUnavailable) {
+				err = fmt.Errorf("%w: load space: %w", ErrUnavailable, err)
+			}
 		}
-		fail(nil, err)
-		s.a.StopSelf(err)
-		return false
-	}
-	s.space = sp
-	s.tree = newTree(states)
-	if s.tree.root == nil {
-		err := fmt.Errorf("space %s has no root session", sp.ID)
-		s.logger().Error("load space", zap.Error(err))
-		fail(nil, err)
-		s.a.StopSelf(err)
-		return false
+		s.a.StopSelf(err) // Stopped answers the stash
+		return
 	}
 	s.loaded = true
-	return true
+	stash := s.stash
+	s.stash = nil
+	for _, m := range stash {
+		s.Receive(m)
+	}
 }
 
 // Idle implements actor.Behavior.
-func (s *spaceActor) Idle() bool { return len(s.conns) == 0 && s.work == 0 }
+func (s *spaceActor) Idle() bool {
+	return len(s.conns) == 0 && s.work == 0 && !s.loading && len(s.stash) == 0
+}
 
-// Stopped implements actor.Behavior.
-func (s *spaceActor) Stopped() {}
-
-// Reject implements actor.Behavior.
-func (s *spaceActor) Reject(msg any, err error) {
-	if errors.Is(err, actor.ErrClosed) || errors.Is(err, actor.ErrStopped) {
-		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+// stopAnswer is what callers still waiting on a stopped actor are told:
+// not found after a delete, the panic after a panic, else unavailable.
+func stopAnswer(err error) error {
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w: the space stopped", ErrUnavailable)
+	case errors.Is(err, session.ErrNotFound), errors.Is(err, guard.ErrPanic), errors.Is(err, ErrUnavailable):
+		return err
 	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// Stopped implements actor.Behavior: everything still waiting on the space
+// is answered at once.
+func (s *spaceActor) Stopped(err error) {
+	err = stopAnswer(err)
+	for _, m := range s.stash {
+		s.Reject(m, err)
+	}
+	s.stash = nil
+	for _, w := range s.writes {
+		w.answer(nil, err)
+	}
+	s.writes = nil
+	if s.tree != nil {
+		for _, n := range s.tree.nodes {
+			for _, tc := range n.queue {
+				tc.fail(err)
+			}
+			n.queue = nil
+		}
+	}
+	s.conns = nil
+}
+
+// Reject implements actor.Behavior. It may run after the actor stopped, on
+// a task's goroutine: it touches only the message.
+func (s *spaceActor) Reject(msg any, err error) {
+	err = stopAnswer(err)
 	switch m := msg.(type) {
 	case *call:
 		m.answer(nil, err)
+	case *writeOp:
+		m.answer(nil, err)
 	case *turnCall:
-		m.fail(nil, err)
+		m.fail(err)
 	case *turnDone:
-		// The turn ended after its space stopped (deleted, or shutting
-		// down): its outcome is still the caller's answer.
-		select {
-		case m.call.reply <- turnReply{res: m.res, err: m.err}:
-		default:
+		// The turn ended after its space stopped. A turn that committed
+		// is still a success; one that failed (its context was cancelled
+		// by the stop) answers why the space stopped.
+		if m.err != nil {
+			m.call.fail(err)
+		} else {
+			m.call.succeed(m.res)
+		}
+	case *writeDone:
+		if m.err != nil {
+			m.w.answer(nil, err)
+		} else {
+			m.w.answer(nil, fmt.Errorf("%w: the space stopped before the write was applied; it is committed", ErrUnavailable))
 		}
 	case *memoryDone:
 		if m.reply != nil {
 			select {
-			case m.reply <- result{err: fmt.Errorf("%w: the space stopped", ErrUnavailable)}:
+			case m.reply <- result{err: err}:
 			default:
 			}
 		}
@@ -189,15 +280,15 @@ func (s *spaceActor) writable(id string) (*node, error) {
 	return n, nil
 }
 
-// fork creates a child of parentID. It is the one fork path of the API,
+// forkWrite prepares a fork of parentID: the one fork path of the API,
 // the WebSocket and the model's tool.
-func (s *spaceActor) fork(ctx context.Context, parentID string, o session.ForkOptions) (SessionView, error) {
+func (s *spaceActor) forkWrite(parentID string, o session.ForkOptions) (commitFn, applyFn, error) {
 	if err := o.Validate(); err != nil {
-		return SessionView{}, err
+		return nil, nil, err
 	}
 	p, err := s.writable(parentID)
 	if err != nil {
-		return SessionView{}, err
+		return nil, nil, err
 	}
 	idx := 0
 	for _, c := range p.children {
@@ -217,12 +308,15 @@ func (s *spaceActor) fork(ctx context.Context, parentID string, o session.ForkOp
 			Depth: p.meta.Depth + 1, Index: idx, CreatedAt: t, UpdatedAt: t, LastActiveAt: t},
 		Data: session.Data{SystemPrompt: sp},
 	}
-	if err := s.m.store.CreateSession(ctx, st, o.Context == "inherit", o.Prompt); err != nil {
-		return SessionView{}, err
+	store := s.m.store
+	commit := func(ctx context.Context) (any, error) {
+		return nil, store.CreateSession(ctx, st, o.Context == "inherit", o.Prompt)
 	}
-	return s.tree.add(st).view(), nil
+	apply := func(s *spaceActor, _ any) (any, error) { return s.tree.add(st).view(), nil }
+	return commit, apply, nil
 }
 
+// closeConns closes every connection of the space; CloseWith never blocks.
 func (s *spaceActor) closeConns(code int, reason string) {
 	for c := range s.conns {
 		c.CloseWith(code, reason)

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/actor"
+	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/session"
 )
 
@@ -27,6 +28,13 @@ type Options struct {
 	// database at once (default 8), so a storm of activations queues in
 	// the server instead of growing the database pool.
 	MaxConcurrentLoads int
+	// LoadTimeout bounds loading a space from the database (default 15s).
+	LoadTimeout time.Duration
+	// WriteTimeout bounds one write of a space (fork, archive, slot,
+	// update, delete) whatever its caller does (default 15s).
+	WriteTimeout time.Duration
+	// Guard logs and counts recovered panics (default: a private one).
+	Guard *guard.Guard
 }
 
 // Manager is the handle on every space actor: the agent pool.
@@ -37,6 +45,7 @@ type Manager struct {
 	log    *zap.Logger
 	sys    *actor.System
 	loads  chan struct{} // semaphore of space loads
+	met    metrics
 }
 
 // NewManager starts the actor system. engine may be nil, in which case
@@ -57,11 +66,21 @@ func NewManager(opts Options, store Store, engine Engine, log *zap.Logger) *Mana
 	if opts.MaxConcurrentLoads <= 0 {
 		opts.MaxConcurrentLoads = 8
 	}
+	if opts.LoadTimeout <= 0 {
+		opts.LoadTimeout = 15 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 15 * time.Second
+	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	m := &Manager{opts: opts, store: store, engine: engine, log: log, loads: make(chan struct{}, opts.MaxConcurrentLoads)}
-	m.sys = actor.NewSystem(actor.Options{IdleTTL: opts.IdleTTL, MailboxSize: opts.MailboxSize}, m.newActor)
+	if opts.Guard == nil {
+		opts.Guard = guard.New(log)
+	}
+	m := &Manager{opts: opts, store: store, engine: engine, log: log, loads: make(chan struct{}, opts.MaxConcurrentLoads),
+		met: newMetrics()}
+	m.sys = actor.NewSystem(actor.Options{IdleTTL: opts.IdleTTL, MailboxSize: opts.MailboxSize, Guard: opts.Guard}, m.newActor)
 	return m
 }
 
@@ -83,7 +102,7 @@ func (m *Manager) do(ctx context.Context, userID, spaceID string, fn func(s *spa
 	if err := checkSpaceID(spaceID); err != nil {
 		return nil, err
 	}
-	c := &call{ctx: ctx, userID: userID, fn: fn, reply: make(chan result, 1)}
+	c := &call{userID: userID, fn: fn, reply: make(chan result, 1)}
 	if err := m.sys.Send(spaceID, c); err != nil {
 		return nil, mapSendErr(err)
 	}
@@ -91,7 +110,7 @@ func (m *Manager) do(ctx context.Context, userID, spaceID string, fn func(s *spa
 	case r := <-c.reply:
 		return r.v, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("waiting for the space: %w", ctx.Err())
 	}
 }
 
@@ -116,7 +135,7 @@ func doTyped[T any](ctx context.Context, m *Manager, userID, spaceID string, fn 
 
 // CreateSpace creates a space with its root session.
 func (m *Manager) CreateSpace(ctx context.Context, userID string, in session.SpaceInput) (session.Space, error) {
-	if err := session.ValidateLabel(in.Label); err != nil {
+	if err := in.Validate(); err != nil {
 		return session.Space{}, err
 	}
 	sp, _, err := m.store.CreateSpace(ctx, userID, in)
@@ -136,21 +155,20 @@ func (m *Manager) GetSpace(ctx context.Context, userID, spaceID string) (session
 // UpdateSpace patches a space; a new system prompt also goes to the root
 // session.
 func (m *Manager) UpdateSpace(ctx context.Context, userID, spaceID string, p session.SpacePatch) (session.Space, error) {
-	if p.Label != nil {
-		if err := session.ValidateLabel(*p.Label); err != nil {
-			return session.Space{}, err
-		}
+	if err := p.Validate(); err != nil {
+		return session.Space{}, err
 	}
-	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (session.Space, error) {
-		sp, err := m.store.UpdateSpace(ctx, spaceID, p)
-		if err != nil {
-			return session.Space{}, err
+	return writeTyped[session.Space](ctx, m, userID, spaceID, func(s *spaceActor) (commitFn, applyFn, error) {
+		commit := func(ctx context.Context) (any, error) { return m.store.UpdateSpace(ctx, spaceID, p) }
+		apply := func(s *spaceActor, v any) (any, error) {
+			sp := v.(session.Space)
+			s.space = sp
+			if p.SetSystemPrompt {
+				s.tree.root.data.SystemPrompt = p.SystemPrompt
+			}
+			return sp, nil
 		}
-		s.space = sp
-		if p.SetSystemPrompt {
-			s.tree.root.data.SystemPrompt = p.SystemPrompt
-		}
-		return sp, nil
+		return commit, apply, nil
 	})
 }
 
@@ -159,13 +177,14 @@ const CloseDeleted = 4404
 
 // DeleteSpace deletes a space, stops its actor and closes its connections.
 func (m *Manager) DeleteSpace(ctx context.Context, userID, spaceID string) error {
-	_, err := m.do(ctx, userID, spaceID, func(s *spaceActor) (any, error) {
-		if err := m.store.DeleteSpace(ctx, spaceID); err != nil {
-			return nil, err
+	_, err := m.write(ctx, userID, spaceID, func(s *spaceActor) (commitFn, applyFn, error) {
+		commit := func(ctx context.Context) (any, error) { return nil, m.store.DeleteSpace(ctx, spaceID) }
+		apply := func(s *spaceActor, _ any) (any, error) {
+			s.closeConns(CloseDeleted, "space deleted")
+			s.a.StopSelf(fmt.Errorf("space %s was deleted: %w", spaceID, session.ErrNotFound))
+			return nil, nil
 		}
-		s.closeConns(CloseDeleted, "space deleted")
-		s.a.StopSelf(fmt.Errorf("space deleted: %w", session.ErrNotFound))
-		return nil, nil
+		return commit, apply, nil
 	})
 	return err
 }
@@ -201,29 +220,31 @@ func (m *Manager) Fork(ctx context.Context, userID, spaceID, parentID string, o 
 	if err := o.Validate(); err != nil {
 		return SessionView{}, err
 	}
-	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (SessionView, error) { return s.fork(ctx, parentID, o) })
+	return writeTyped[SessionView](ctx, m, userID, spaceID, func(s *spaceActor) (commitFn, applyFn, error) {
+		return s.forkWrite(parentID, o)
+	})
 }
 
 // Archive archives a session; the root cannot be archived.
 func (m *Manager) Archive(ctx context.Context, userID, spaceID, sessionID string) (SessionView, error) {
-	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (SessionView, error) {
+	return writeTyped[SessionView](ctx, m, userID, spaceID, func(s *spaceActor) (commitFn, applyFn, error) {
 		n, err := s.node(sessionID)
 		if err != nil {
-			return SessionView{}, err
+			return nil, nil, err
 		}
 		if n.meta.Role == session.RoleMain {
-			return SessionView{}, fmt.Errorf("the root session cannot be archived: %w", session.ErrConflict)
+			return nil, nil, fmt.Errorf("the root session cannot be archived: %w", session.ErrConflict)
 		}
 		if n.meta.Status == session.StatusArchived {
+			return nil, func(*spaceActor, any) (any, error) { return n.view(), nil }, nil
+		}
+		commit := func(ctx context.Context) (any, error) { return m.store.ArchiveSession(ctx, spaceID, sessionID) }
+		apply := func(s *spaceActor, v any) (any, error) {
+			n.meta.Status = session.StatusArchived
+			n.meta.UpdatedAt = v.(time.Time)
 			return n.view(), nil
 		}
-		t, err := m.store.ArchiveSession(ctx, spaceID, sessionID)
-		if err != nil {
-			return SessionView{}, err
-		}
-		n.meta.Status = session.StatusArchived
-		n.meta.UpdatedAt = t
-		return n.view(), nil
+		return commit, apply, nil
 	})
 }
 
@@ -240,16 +261,22 @@ func (m *Manager) Slot(ctx context.Context, userID, spaceID, sessionID string, s
 
 // SetSlot writes a session data slot; archived sessions refuse writes.
 func (m *Manager) SetSlot(ctx context.Context, userID, spaceID, sessionID string, slot session.Slot, content string) (*string, error) {
-	return doTyped(ctx, m, userID, spaceID, func(s *spaceActor) (*string, error) {
+	if err := session.ValidText("content", content); err != nil {
+		return nil, err
+	}
+	return writeTyped[*string](ctx, m, userID, spaceID, func(s *spaceActor) (commitFn, applyFn, error) {
 		n, err := s.writable(sessionID)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if err := m.store.SetSlot(ctx, spaceID, sessionID, slot, &content); err != nil {
-			return nil, err
+		commit := func(ctx context.Context) (any, error) {
+			return nil, m.store.SetSlot(ctx, spaceID, sessionID, slot, &content)
 		}
-		n.data.Set(slot, &content)
-		return &content, nil
+		apply := func(*spaceActor, any) (any, error) {
+			n.data.Set(slot, &content)
+			return &content, nil
+		}
+		return commit, apply, nil
 	})
 }
 
@@ -293,7 +320,7 @@ func (m *Manager) Attach(ctx context.Context, userID, spaceID string, c Conn) er
 // Detach unbinds a connection. It never waits and is never refused by a
 // full mailbox.
 func (m *Manager) Detach(spaceID string, c Conn) {
-	m.sys.Tell(spaceID, &call{ctx: context.Background(), fn: func(s *spaceActor) (any, error) {
+	m.sys.Tell(spaceID, &call{fn: func(s *spaceActor) (any, error) {
 		delete(s.conns, c)
 		return nil, nil
 	}, reply: make(chan result, 1)})

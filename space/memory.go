@@ -59,6 +59,9 @@ func (s *spaceActor) startConsolidation(n *node, reply chan result) {
 		res, err := engine.Consolidate(ctx, sp, st)
 		s.m.observeMemory("consolidate", err)
 		return &memoryDone{kind: kindConsolidate, sessionID: st.Meta.ID, auto: auto, cons: res, err: err, reply: reply}
+	}, func(err error) any {
+		s.m.observeMemory("consolidate", err)
+		return &memoryDone{kind: kindConsolidate, sessionID: st.Meta.ID, auto: auto, err: err, reply: reply}
 	})
 }
 
@@ -79,6 +82,9 @@ func (s *spaceActor) startIntegration(reply chan result) {
 		res, err := engine.Integrate(ctx, sp, root)
 		s.m.observeMemory("integrate", err)
 		return &memoryDone{kind: kindIntegrate, auto: reply == nil, integ: res, err: err, reply: reply}
+	}, func(err error) any {
+		s.m.observeMemory("integrate", err)
+		return &memoryDone{kind: kindIntegrate, auto: reply == nil, err: err, reply: reply}
 	})
 }
 
@@ -91,7 +97,7 @@ func (s *spaceActor) scheduleIntegration() {
 	s.mem.scheduled = true
 	s.work++
 	a := s.a
-	time.AfterFunc(s.m.opts.IntegrateDelay, func() { _ = a.Tell(integrateTick{}) })
+	time.AfterFunc(s.m.opts.IntegrateDelay, func() { _ = a.Tell(integrateTick{}) }) // Tell cannot panic
 }
 
 func (s *spaceActor) maybeIntegrate() {

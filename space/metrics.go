@@ -9,27 +9,38 @@ import (
 	"github.com/stellohq/stello/llm"
 )
 
-var (
-	turnsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stello_turns_total", Help: "Turns by result (ok, llm_error, timeout, error).",
-	}, []string{"result"})
-	turnSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "stello_turn_duration_seconds", Help: "Duration of turns, model time included.",
-		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
-	})
-	consolidationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stello_consolidations_total", Help: "Consolidations by result (ok, error).",
-	}, []string{"result"})
-	integrationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stello_integrations_total", Help: "Integrations by result (ok, error).",
-	}, []string{"result"})
-)
+// metrics are the Manager's own counters, so two managers (tests run in
+// parallel) never share them.
+type metrics struct {
+	turnsTotal          *prometheus.CounterVec
+	turnSeconds         prometheus.Histogram
+	consolidationsTotal *prometheus.CounterVec
+	integrationsTotal   *prometheus.CounterVec
+}
+
+func newMetrics() metrics {
+	return metrics{
+		turnsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stello_turns_total", Help: "Turns by result (ok, llm_error, timeout, error).",
+		}, []string{"result"}),
+		turnSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "stello_turn_duration_seconds", Help: "Duration of turns, model time included.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+		consolidationsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stello_consolidations_total", Help: "Consolidations by result (ok, error).",
+		}, []string{"result"}),
+		integrationsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stello_integrations_total", Help: "Integrations by result (ok, error).",
+		}, []string{"result"}),
+	}
+}
 
 // Collectors returns the package's metrics plus gauges over the manager's
 // actor system, for registration.
 func (m *Manager) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		turnsTotal, turnSeconds, consolidationsTotal, integrationsTotal,
+		m.met.turnsTotal, m.met.turnSeconds, m.met.consolidationsTotal, m.met.integrationsTotal,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_active_actors", Help: "Resident space actors."},
 			func() float64 { return float64(m.sys.Stats().Active) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_mailbox_depth", Help: "Messages waiting in all space mailboxes."},
@@ -44,8 +55,8 @@ func (m *Manager) Collectors() []prometheus.Collector {
 }
 
 func (m *Manager) observeTurn(d time.Duration, err error) {
-	turnSeconds.Observe(d.Seconds())
-	turnsTotal.WithLabelValues(resultLabel(err)).Inc()
+	m.met.turnSeconds.Observe(d.Seconds())
+	m.met.turnsTotal.WithLabelValues(resultLabel(err)).Inc()
 }
 
 func (m *Manager) observeMemory(kind string, err error) {
@@ -54,9 +65,9 @@ func (m *Manager) observeMemory(kind string, err error) {
 		r = "error"
 	}
 	if kind == "consolidate" {
-		consolidationsTotal.WithLabelValues(r).Inc()
+		m.met.consolidationsTotal.WithLabelValues(r).Inc()
 	} else {
-		integrationsTotal.WithLabelValues(r).Inc()
+		m.met.integrationsTotal.WithLabelValues(r).Inc()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,32 +17,41 @@ type Engine interface {
 	Turn(ctx context.Context, req session.TurnRequest) (session.TurnResult, error)
 	Consolidate(ctx context.Context, sp session.Space, st session.State) (session.ConsolidateResult, error)
 	Integrate(ctx context.Context, sp session.Space, root session.State) (session.IntegrateResult, error)
+	// CheckInput refuses an input that can never be sent to the model
+	// (larger alone than the context budget).
+	CheckInput(input string) error
 }
 
 // ErrNoEngine means the server runs without a model.
 var ErrNoEngine = errors.New("no model configured")
 
-// turnCall asks the actor to run a turn.
+// turnCall asks the actor to run a turn. It is answered exactly once.
 type turnCall struct {
-	ctx       context.Context
 	userID    string
 	sessionID string
 	input     string
 	onDelta   func(string)
-	reply     chan turnReply
+	then      func(session.TurnResult, error) // called once answered; must not block
+
+	once sync.Once
+	done chan struct{}
+	res  session.TurnResult
+	err  error
 }
 
-type turnReply struct {
-	res session.TurnResult
-	err error
+func (t *turnCall) answer(res session.TurnResult, err error) {
+	t.once.Do(func() {
+		t.res, t.err = res, err
+		close(t.done)
+		if t.then != nil {
+			t.then(res, err)
+		}
+	})
 }
 
-func (t *turnCall) fail(_ any, err error) {
-	select {
-	case t.reply <- turnReply{err: err}:
-	default:
-	}
-}
+func (t *turnCall) fail(err error) { t.answer(session.TurnResult{}, err) }
+
+func (t *turnCall) succeed(res session.TurnResult) { t.answer(res, nil) }
 
 // turnDone reports a finished turn task.
 type turnDone struct {
@@ -50,47 +60,92 @@ type turnDone struct {
 	err  error
 }
 
+// PendingTurn is a turn handed to its space's actor.
+type PendingTurn struct {
+	tc *turnCall
+}
+
+// Done is closed when the turn has its answer.
+func (p *PendingTurn) Done() <-chan struct{} { return p.tc.done }
+
+// Result is the turn's answer; call it after Done is closed.
+func (p *PendingTurn) Result() (session.TurnResult, error) {
+	<-p.tc.done
+	return p.tc.res, p.tc.err
+}
+
+// Wait waits for the turn's result. ctx bounds the wait only: the turn runs
+// to completion (and is persisted) whether or not anyone waits.
+func (p *PendingTurn) Wait(ctx context.Context) (session.TurnResult, error) {
+	select {
+	case <-p.tc.done:
+		return p.tc.res, p.tc.err
+	case <-ctx.Done():
+		return session.TurnResult{}, fmt.Errorf("waiting for the turn: %w", ctx.Err())
+	}
+}
+
+// TurnOptions are the optional parts of a turn.
+type TurnOptions struct {
+	// OnDelta, if not nil, receives streamed text from the turn's
+	// goroutine; it must not block.
+	OnDelta func(chunk string)
+	// Then, if not nil, is called once with the turn's outcome, from
+	// whichever goroutine answers it; it must not block.
+	Then func(session.TurnResult, error)
+}
+
+// SubmitTurn validates a turn and hands it to the space's actor without
+// waiting: turns submitted one after another to one session run in that
+// order.
+func (m *Manager) SubmitTurn(userID, spaceID, sessionID, input string, o TurnOptions) (*PendingTurn, error) {
+	if err := checkSpaceID(spaceID); err != nil {
+		return nil, err
+	}
+	if input == "" {
+		return nil, &session.FieldError{Field: "input", Msg: "is required and must be non-empty"}
+	}
+	if err := session.ValidText("input", input); err != nil {
+		return nil, err
+	}
+	if m.engine == nil {
+		return nil, ErrNoEngine
+	}
+	if err := m.engine.CheckInput(input); err != nil {
+		return nil, err
+	}
+	tc := &turnCall{userID: userID, sessionID: sessionID, input: input, onDelta: o.OnDelta, then: o.Then, done: make(chan struct{})}
+	if err := m.sys.Send(spaceID, tc); err != nil {
+		return nil, mapSendErr(err)
+	}
+	return &PendingTurn{tc: tc}, nil
+}
+
 // Turn runs a turn on a session and waits for its result. Turns on one
 // session run one at a time in arrival order; at most SessionQueue wait.
 // The turn runs to completion (and is persisted) even if ctx ends first:
-// ctx only bounds the wait for the result. onDelta, if not nil, receives
-// streamed text from the turn's goroutine and must not block.
+// ctx only bounds the wait for the result.
 func (m *Manager) Turn(ctx context.Context, userID, spaceID, sessionID, input string, onDelta func(string)) (session.TurnResult, error) {
-	if err := checkSpaceID(spaceID); err != nil {
+	p, err := m.SubmitTurn(userID, spaceID, sessionID, input, TurnOptions{OnDelta: onDelta})
+	if err != nil {
 		return session.TurnResult{}, err
 	}
-	if input == "" {
-		return session.TurnResult{}, &session.FieldError{Field: "input", Msg: "is required and must be non-empty"}
-	}
-	tc := &turnCall{ctx: ctx, userID: userID, sessionID: sessionID, input: input, onDelta: onDelta, reply: make(chan turnReply, 1)}
-	if err := m.sys.Send(spaceID, tc); err != nil {
-		return session.TurnResult{}, mapSendErr(err)
-	}
-	select {
-	case r := <-tc.reply:
-		return r.res, r.err
-	case <-ctx.Done():
-		return session.TurnResult{}, ctx.Err()
-	}
+	return p.Wait(ctx)
 }
 
 func (s *spaceActor) startOrQueue(tc *turnCall) {
 	if tc.userID != "" && tc.userID != s.space.UserID {
-		tc.fail(nil, session.ErrForbidden)
-		return
-	}
-	if s.m.engine == nil {
-		tc.fail(nil, ErrNoEngine)
+		tc.fail(session.ErrForbidden)
 		return
 	}
 	n, err := s.writable(tc.sessionID)
 	if err != nil {
-		tc.fail(nil, err)
+		tc.fail(err)
 		return
 	}
 	if n.running {
 		if len(n.queue) >= s.m.opts.SessionQueue {
-			tc.fail(nil, fmt.Errorf("session %s has %d turns waiting: %w", n.meta.ID, len(n.queue), session.ErrBusy))
+			tc.fail(fmt.Errorf("session %s has %d turns waiting: %w", n.meta.ID, len(n.queue), session.ErrBusy))
 			return
 		}
 		n.queue = append(n.queue, tc)
@@ -112,31 +167,36 @@ func (s *spaceActor) startTurn(n *node, tc *turnCall) {
 		History: n.hist,
 	}
 	engine, timeout := s.m.engine, s.m.opts.TurnTimeout
+	m := s.m
 	s.a.Go(func(ctx context.Context) any {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		start := time.Now()
 		res, err := engine.Turn(ctx, req)
-		s.m.observeTurn(time.Since(start), err)
+		m.observeTurn(time.Since(start), err)
 		return &turnDone{call: tc, res: res, err: err}
+	}, func(err error) any {
+		m.observeTurn(0, err)
+		return &turnDone{call: tc, err: err}
 	})
 }
 
 // forkFunc forks through the actor, exactly as the API does.
 func (m *Manager) forkFunc(spaceID, parentID string) func(ctx context.Context, o session.ForkOptions) (session.Meta, error) {
 	return func(ctx context.Context, o session.ForkOptions) (session.Meta, error) {
-		c := &call{ctx: ctx, fn: func(s *spaceActor) (any, error) { return s.fork(ctx, parentID, o) }, reply: make(chan result, 1)}
-		if !m.sys.Tell(spaceID, c) {
-			return session.Meta{}, fmt.Errorf("space %s is not running", spaceID)
+		w := &writeOp{prepare: func(s *spaceActor) (commitFn, applyFn, error) { return s.forkWrite(parentID, o) },
+			reply: make(chan result, 1)}
+		if !m.sys.Tell(spaceID, w) {
+			return session.Meta{}, fmt.Errorf("%w: space %s is not running", ErrUnavailable, spaceID)
 		}
 		select {
-		case r := <-c.reply:
+		case r := <-w.reply:
 			if r.err != nil {
 				return session.Meta{}, r.err
 			}
 			return r.v.(SessionView).Meta, nil
 		case <-ctx.Done():
-			return session.Meta{}, ctx.Err()
+			return session.Meta{}, fmt.Errorf("waiting for the fork: %w", ctx.Err())
 		}
 	}
 }
@@ -145,7 +205,7 @@ func (s *spaceActor) finishTurn(d *turnDone) {
 	s.work--
 	n, ok := s.tree.nodes[d.call.sessionID]
 	if !ok {
-		d.call.fail(nil, session.ErrNotFound)
+		d.call.fail(session.ErrNotFound)
 		return
 	}
 	if d.err == nil {
@@ -157,9 +217,10 @@ func (s *spaceActor) finishTurn(d *turnDone) {
 		}
 		n.hist = d.res.History
 	}
-	select {
-	case d.call.reply <- turnReply{res: d.res, err: d.err}:
-	default:
+	if d.err != nil {
+		d.call.fail(d.err)
+	} else {
+		d.call.succeed(d.res)
 	}
 	n.running = false
 	for len(n.queue) > 0 {
@@ -168,7 +229,7 @@ func (s *spaceActor) finishTurn(d *turnDone) {
 		n.queue = n.queue[1:]
 		if n.meta.Status == session.StatusArchived {
 			s.work--
-			next.fail(nil, fmt.Errorf("session %s: %w", n.meta.ID, session.ErrArchived))
+			next.fail(fmt.Errorf("session %s: %w", n.meta.ID, session.ErrArchived))
 			continue
 		}
 		s.startTurn(n, next)

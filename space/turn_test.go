@@ -183,31 +183,14 @@ func recv(t *testing.T, ch <-chan tqResult) tqResult {
 	}
 }
 
-// holdActor blocks the space actor's goroutine inside a store write, on a
-// row lock taken by another transaction, and returns the function that
-// releases it. While it is held, messages pile up in the actor's mailbox in
-// the order they were sent.
+// holdActor blocks the space actor's goroutine and returns the function
+// that releases it. While it is held, messages pile up in the actor's
+// mailbox in the order they were sent.
 func (e *tqEnv) holdActor(t *testing.T) func() {
 	t.Helper()
-	tx, err := e.store.Pool().Begin(e.ctx)
+	release, err := space.HoldActor(e.mgr, e.spaceID)
 	require.NoError(t, err)
-	_, err = tx.Exec(e.ctx, "SELECT 1 FROM session_data WHERE session_id = $1 FOR UPDATE", e.rootID)
-	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.mgr.SetSlot(e.ctx, e.userID, e.spaceID, e.rootID, session.SlotConsolidatePrompt, "held")
-		done <- err
-	}()
-	require.Eventually(t, func() bool {
-		var n int
-		err := e.store.Pool().QueryRow(e.ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'UPDATE session_data%'`).Scan(&n)
-		return err == nil && n > 0
-	}, 10*time.Second, 5*time.Millisecond, "the actor blocks on the row lock")
-	return func() {
-		require.NoError(t, tx.Rollback(e.ctx))
-		require.NoError(t, <-done)
-	}
+	return release
 }
 
 func TestManagerTurnsOnOneSessionRunSeriallyInArrivalOrder(t *testing.T) {

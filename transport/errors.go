@@ -73,7 +73,7 @@ func classify(err error) *APIError {
 func wsCode(err error) (string, string) {
 	ae := classify(err)
 	switch ae.Code {
-	case "BAD_REQUEST", "NOT_FOUND", "SESSION_ARCHIVED", "BUSY", "LLM_ERROR", "TIMEOUT":
+	case "BAD_REQUEST", "NOT_FOUND", "SESSION_ARCHIVED", "SESSION_BUSY", "CANCELLED", "CONFLICT", "BUSY", "LLM_ERROR", "TIMEOUT":
 		return ae.Code, ae.Message
 	}
 	return "HANDLER_ERROR", ae.Message

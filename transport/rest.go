@@ -32,20 +32,34 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if b[0] != '{' && strings.TrimSpace(string(b))[0] != '{' {
 		return apiErr(http.StatusBadRequest, "BAD_REQUEST", "malformed JSON: the body must be a JSON object")
 	}
+	return decodeJSON(b, v)
+}
+
+// decodeJSON decodes a JSON object, naming in API terms the field that is
+// wrong, and refuses text that would not be kept exactly as sent.
+func decodeJSON(b []byte, v any) error {
 	if err := json.Unmarshal(b, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return apiErr(http.StatusBadRequest, "BAD_REQUEST", fmt.Sprintf("field %q must be a %s", te.Field, jsonKind(te.Type.Kind().String())))
+			return badField(te.Field, "must be a "+jsonKind(te.Type.Kind().String()))
 		}
-		return apiErr(http.StatusBadRequest, "BAD_REQUEST", "malformed JSON: "+err.Error())
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return apiErr(http.StatusBadRequest, "BAD_REQUEST", fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se))
+		}
+		return apiErr(http.StatusBadRequest, "BAD_REQUEST", "malformed JSON: the body must be a JSON object")
 	}
-	return nil
+	return checkJSONText("", b)
 }
 
 func jsonKind(k string) string {
 	switch k {
 	case "string", "ptr":
 		return "string"
+	case "int", "int64", "int32", "uint", "uint64", "float64":
+		return "number"
+	case "bool":
+		return "boolean"
 	case "map", "struct":
 		return "JSON object"
 	case "slice":

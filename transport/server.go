@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/puzpuzpuz/xsync/v3"
 	"go.uber.org/zap"
 
+	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/space"
 )
 
@@ -40,6 +42,12 @@ type Options struct {
 	WSSendQueueBytes int
 	// Pprof mounts /debug/pprof when true.
 	Pprof bool
+	// Guard logs and counts recovered panics (default: a private one).
+	Guard *guard.Guard
+	// SSEQueueBytes bounds the streamed text waiting for one SSE client
+	// (default 4 MiB); a client further behind is disconnected, and the
+	// turn goes on.
+	SSEQueueBytes int
 }
 
 // Pinger checks that the database answers, for /readyz.
@@ -54,11 +62,14 @@ type Server struct {
 	keys     *keyCache
 	db       Pinger
 	log      *zap.Logger
+	guard    *guard.Guard
 	registry *prometheus.Registry
 	router   chi.Router
 
 	conns    *xsync.MapOf[*wsConn, struct{}]
 	closing  atomic.Bool
+	aborting chan struct{} // closed by Abort: streams end with an error event
+	abortMu  sync.Once
 	wsActive prometheus.Gauge
 	wsTotal  prometheus.Counter
 	requests *prometheus.CounterVec
@@ -87,14 +98,20 @@ func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap
 	if opts.WSSendQueueBytes <= 0 {
 		opts.WSSendQueueBytes = 4 << 20
 	}
+	if opts.SSEQueueBytes <= 0 {
+		opts.SSEQueueBytes = 4 << 20
+	}
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if opts.Guard == nil {
+		opts.Guard = guard.New(log)
 	}
 	if registry == nil {
 		registry = prometheus.NewRegistry()
 	}
-	s := &Server{opts: opts, spaces: spaces, keys: newKeyCache(keys, opts.KeyCacheTTL), db: db, log: log, registry: registry,
-		conns: xsync.NewMapOf[*wsConn, struct{}]()}
+	s := &Server{opts: opts, spaces: spaces, keys: newKeyCache(keys, opts.KeyCacheTTL), db: db, log: log, guard: opts.Guard, registry: registry,
+		conns: xsync.NewMapOf[*wsConn, struct{}](), aborting: make(chan struct{})}
 	s.wsActive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "stello_ws_connections", Help: "Open WebSocket connections."})
 	s.wsTotal = prometheus.NewCounter(prometheus.CounterOpts{Name: "stello_ws_connections_total", Help: "WebSocket connections accepted."})
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stello_http_requests_total",
@@ -121,6 +138,13 @@ func (s *Server) Close() {
 		c.CloseWith(1001, "server shutting down")
 		return true
 	})
+}
+
+// Abort ends every open SSE stream with `event: error` (UNAVAILABLE): the
+// last step of a shutdown whose grace period ran out, so that no stream
+// ends with a bare close. The turns themselves are not cancelled here.
+func (s *Server) Abort() {
+	s.abortMu.Do(func() { close(s.aborting) })
 }
 
 // observe records the request count and latency by route pattern.
@@ -173,9 +197,10 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(s.observe)
+	r.Use(s.observe, s.recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNotFound) })
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", s.allowedMethods(r))
 		s.writeError(w, r, apiErr(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" is not allowed on "+r.URL.Path))
 	})
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {

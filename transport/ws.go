@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/session"
+	"github.com/stellohq/stello/space"
 )
 
 // Subprotocol is the WebSocket subprotocol spoken by Stello.
@@ -43,12 +45,14 @@ type wsConn struct {
 	ws      *websocket.Conn
 	gone    chan struct{} // closed when the reader ends
 
-	mu      sync.Mutex
-	queue   []outMsg
-	queued  int // bytes in queue
-	writing bool
-	closed  bool
-	pending *closeReq // a close asked for before the upgrade finished
+	mu       sync.Mutex
+	queue    []outMsg
+	queued   int // bytes in queue
+	writing  bool
+	closed   bool
+	closeMsg []byte        // the close frame the writer still has to send
+	pending  *closeReq     // a close asked for before the upgrade finished
+	room     chan struct{} // signalled by the writer when the queue shrinks
 
 	entered  string // owned by the reader goroutine
 	turns    atomic.Int32
@@ -69,7 +73,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(http.StatusBadRequest, "BAD_REQUEST", "expected a WebSocket upgrade request"))
 		return
 	}
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), gone: make(chan struct{})}
+	if _, viaProtocol := apiKey(r); viaProtocol && !offersSubprotocol(r, Subprotocol) {
+		s.writeError(w, r, apiErr(http.StatusBadRequest, "BAD_REQUEST",
+			"a key offered as the subprotocol stello.key.<key> must come with the subprotocol "+Subprotocol))
+		return
+	}
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), gone: make(chan struct{}), room: make(chan struct{}, 1)}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -105,16 +114,90 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	go c.readLoop()
 }
 
-// readLoop runs until the peer goes away.
+// offersSubprotocol reports whether the upgrade request offers proto.
+func offersSubprotocol(r *http.Request, proto string) bool {
+	for _, p := range websocket.Subprotocols(r) {
+		if p == proto {
+			return true
+		}
+	}
+	return false
+}
+
+// readLoop runs until the peer goes away. A panic while handling a message
+// is answered with an error to that message; the connection stays open.
 func (c *wsConn) readLoop() {
 	defer c.teardown()
+	defer func() {
+		if v := recover(); v != nil {
+			_ = c.s.guard.Caught("ws.reader", v)
+		}
+	}()
 	for {
 		_, data, err := c.ws.ReadMessage()
 		if err != nil {
 			return
 		}
 		c.lastSeen.Store(time.Now().UnixNano())
-		c.handle(data)
+		if !c.waitRoom() {
+			return
+		}
+		c.handleSafe(data)
+	}
+}
+
+// handleSafe handles one message, answering HANDLER_ERROR if it panics.
+func (c *wsConn) handleSafe(data []byte) {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = c.s.guard.Caught("ws.handler", v)
+			c.fail(messageID(data), "HANDLER_ERROR", "internal error")
+		}
+	}()
+	c.handle(data)
+}
+
+// readHold is the queue length at which the reader waits: the answers of
+// the turns in flight, which come without reading anything, must still fit.
+func (c *wsConn) readHold() int {
+	if n := c.s.opts.WSSendQueue - maxTurnsPerConn - 2; n > 1 {
+		return n
+	}
+	return 1
+}
+
+// waitRoom holds the reader while the connection's outgoing queue is over
+// half full, so a client that pipelines requests faster than it reads the
+// answers is slowed down (its requests wait in the socket) instead of
+// dropped. A client that reads nothing for the write timeout is dropped.
+func (c *wsConn) waitRoom() bool {
+	var timer *time.Timer
+	for {
+		c.mu.Lock()
+		closed := c.closed
+		full := len(c.queue) >= c.readHold() || c.queued >= c.s.opts.WSSendQueueBytes/2
+		c.mu.Unlock()
+		if closed {
+			return false
+		}
+		if !full {
+			if timer != nil {
+				timer.Stop()
+			}
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(c.s.opts.WSWriteTimeout)
+		}
+		select {
+		case <-c.room:
+		case <-c.gone:
+			timer.Stop()
+			return false
+		case <-timer.C:
+			c.dropSlow()
+			return false
+		}
 	}
 }
 
@@ -131,7 +214,14 @@ func (c *wsConn) teardown() {
 	c.s.spaces.Detach(c.spaceID, c)
 }
 
-// CloseWith sends a close frame and closes the connection.
+// closeGrace is how long a closed connection waits for the peer's close
+// frame before the socket is closed.
+const closeGrace = 2 * time.Second
+
+// CloseWith closes the connection with a close frame. It never blocks: the
+// frame is sent by the writer after the message it is writing (so a client
+// that reads slowly still receives the code), then the peer has closeGrace
+// to answer before the socket is closed.
 func (c *wsConn) CloseWith(code int, reason string) {
 	c.mu.Lock()
 	if c.ws == nil {
@@ -145,9 +235,18 @@ func (c *wsConn) CloseWith(code int, reason string) {
 	}
 	c.closed = true
 	c.queue = nil
+	c.queued = 0
+	c.closeMsg = websocket.FormatCloseMessage(code, reason)
+	start := !c.writing
+	c.writing = true
 	c.mu.Unlock()
-	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
-	_ = c.ws.Close()
+	select {
+	case c.room <- struct{}{}:
+	default:
+	}
+	if start {
+		go c.writeLoop()
+	}
 }
 
 // outMsg is a queued message: encoded bytes, or a streamed delta whose
@@ -236,10 +335,28 @@ func (c *wsConn) dropSlow() {
 	c.CloseWith(websocket.ClosePolicyViolation, "client too slow")
 }
 
+// writeLoop writes queued messages, then the close frame if one was asked
+// for, and exits when there is nothing left.
 func (c *wsConn) writeLoop() {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = c.s.guard.Caught("ws.writer", v)
+			_ = c.ws.Close()
+		}
+	}()
 	for {
 		c.mu.Lock()
-		if len(c.queue) == 0 || c.closed {
+		if c.closed {
+			frame := c.closeMsg
+			c.closeMsg = nil
+			c.mu.Unlock() // writing stays true: no writer starts again
+			if frame != nil {
+				_ = c.ws.WriteControl(websocket.CloseMessage, frame, time.Now().Add(c.s.opts.WSWriteTimeout))
+				_ = c.ws.SetReadDeadline(time.Now().Add(closeGrace))
+			}
+			return
+		}
+		if len(c.queue) == 0 {
 			c.writing = false
 			c.queue = nil
 			c.queued = 0
@@ -257,10 +374,17 @@ func (c *wsConn) writeLoop() {
 			c.queued -= len(m.data)
 		}
 		c.mu.Unlock()
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
 		_ = c.ws.SetWriteDeadline(time.Now().Add(c.s.opts.WSWriteTimeout))
 		if err := c.ws.WriteMessage(websocket.TextMessage, msg); err != nil {
-			c.CloseWith(websocket.CloseAbnormalClosure, "write failed")
-			_ = c.ws.Close()
+			c.mu.Lock()
+			c.closed = true
+			c.queue = nil
+			c.mu.Unlock()
+			_ = c.ws.Close() // the reader sees it and tears down
 			return
 		}
 	}
@@ -309,15 +433,38 @@ func (c *wsConn) failErr(id json.RawMessage, err error) {
 	c.fail(id, code, msg)
 }
 
+// messageID returns the id of a raw message, if it has one.
+func messageID(data []byte) json.RawMessage {
+	var raw struct {
+		ID json.RawMessage `json:"id"`
+	}
+	_ = json.Unmarshal(data, &raw)
+	return raw.ID
+}
+
 func (c *wsConn) handle(data []byte) {
 	var m wsIn
-	if err := json.Unmarshal(data, &m); err != nil {
-		var raw map[string]json.RawMessage
-		if json.Unmarshal(data, &raw) != nil {
-			c.fail(nil, "PARSE_ERROR", "message is not valid JSON")
-			return
-		}
-		c.fail(raw["id"], "BAD_REQUEST", "invalid message: "+err.Error())
+	if !json.Valid(data) {
+		c.fail(nil, "PARSE_ERROR", "message is not valid JSON")
+		return
+	}
+	if len(bytes.TrimSpace(data)) == 0 || bytes.TrimSpace(data)[0] != '{' {
+		c.fail(nil, "BAD_REQUEST", "a message must be a JSON object")
+		return
+	}
+	if err := decodeJSON(data, &m); err != nil {
+		_, msg := wsCode(err)
+		c.fail(messageID(data), "BAD_REQUEST", "invalid message: "+msg)
+		return
+	}
+	if len(m.ID) > 0 && m.ID[0] != '"' && string(m.ID) != "null" {
+		c.fail(nil, "BAD_REQUEST", "id must be a string")
+		return
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -363,10 +510,10 @@ func (c *wsConn) handle(data []byte) {
 		}
 		if c.turns.Add(1) > maxTurnsPerConn {
 			c.turns.Add(-1)
-			c.fail(m.ID, "BUSY", "too many turns in flight on this connection")
+			c.fail(m.ID, "BUSY", "too many turns in flight on this connection; wait for an answer")
 			return
 		}
-		go c.runTurn(m.ID, c.entered, *m.Input, m.Type == "session.stream")
+		c.startTurn(m.ID, c.entered, *m.Input, m.Type == "session.stream")
 	case "session.fork":
 		if c.entered == "" {
 			c.fail(m.ID, "NOT_ENTERED", "not in a session; send session.enter first")
@@ -392,42 +539,37 @@ func (c *wsConn) handle(data []byte) {
 	}
 }
 
-// runTurn runs one turn for the connection. Closing the socket does not
-// cancel the turn: it completes and is persisted; its result is dropped.
-func (c *wsConn) runTurn(id json.RawMessage, sessionID, input string, stream bool) {
-	defer c.turns.Add(-1)
-	var onDelta func(string)
+// startTurn hands a turn to the space from the reader goroutine, so turns
+// sent on one connection to one session run in the order they were sent;
+// the answer is queued when it comes. Closing the socket does not cancel
+// the turn: it completes and is persisted; its answer is dropped.
+func (c *wsConn) startTurn(id json.RawMessage, sessionID, input string, stream bool) {
+	o := space.TurnOptions{}
 	if stream {
 		if id == nil {
 			id = json.RawMessage{} // non-nil: marks the message as a delta
 		}
-		onDelta = func(chunk string) { c.sendDelta(id, chunk) }
+		o.OnDelta = func(chunk string) { c.sendDelta(id, chunk) }
 	}
-	// The wait for the result ends when the connection does; the turn goes on.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-c.gone:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	res, err := c.s.spaces.Turn(ctx, c.userID, c.spaceID, sessionID, input, onDelta)
-	if err != nil {
-		if ctx.Err() == nil {
+	o.Then = func(res session.TurnResult, err error) {
+		defer c.turns.Add(-1)
+		if err != nil {
 			c.failErr(id, err)
+			return
 		}
-		return
+		typ := "turn.complete"
+		if stream {
+			typ = "stream.end"
+		}
+		msg := out(typ, id)
+		tr := toTurn(res)
+		msg.Result = &tr
+		c.send(msg)
 	}
-	typ := "turn.complete"
-	if stream {
-		typ = "stream.end"
+	if _, err := c.s.spaces.SubmitTurn(c.userID, c.spaceID, sessionID, input, o); err != nil {
+		c.turns.Add(-1)
+		c.failErr(id, err)
 	}
-	o := out(typ, id)
-	tr := toTurn(res)
-	o.Result = &tr
-	c.send(o)
 }
 
 // pingHub pings every connection from one goroutine and drops peers that
@@ -455,15 +597,25 @@ func (h *pingHub) run() {
 		case <-h.stopped:
 			return
 		case <-t.C:
-			stale := time.Now().Add(-2 * every).UnixNano()
-			h.s.conns.Range(func(c *wsConn, _ struct{}) bool {
-				if c.lastSeen.Load() < stale {
-					c.CloseWith(websocket.CloseGoingAway, "ping timeout")
-					return true
-				}
-				_ = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
-				return true
-			})
+			h.tick(every)
 		}
 	}
+}
+
+// tick pings every connection once and drops those that stopped answering.
+func (h *pingHub) tick(every time.Duration) {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = h.s.guard.Caught("ws.ping", v)
+		}
+	}()
+	stale := time.Now().Add(-2 * every).UnixNano()
+	h.s.conns.Range(func(c *wsConn, _ struct{}) bool {
+		if c.lastSeen.Load() < stale {
+			c.CloseWith(websocket.CloseGoingAway, "ping timeout")
+			return true
+		}
+		_ = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
+		return true
+	})
 }

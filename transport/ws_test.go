@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -26,6 +27,7 @@ import (
 	"github.com/stellohq/stello/llm/fake"
 	"github.com/stellohq/stello/llm/openai"
 	"github.com/stellohq/stello/session"
+	"github.com/stellohq/stello/space"
 	"github.com/stellohq/stello/transport"
 )
 
@@ -689,14 +691,40 @@ func TestWSOversizeFrameCloses1009(t *testing.T) {
 	assert.Empty(t, e.messages(t, e.rootID), "the oversize message was not run")
 }
 
-func TestWSSlowReaderIsDropped(t *testing.T) {
+// A client that reads nothing at all is dropped (it stops answering
+// pings), and its turn is still persisted.
+func TestWSClientThatNeverReadsIsDropped(t *testing.T) {
 	t.Parallel()
 	model := fake.New(fake.Config{ReplyWords: 2000})
 	e := newWSEnv(t, testutil.StackOptions{
 		LLM:       model,
-		Transport: transport.Options{WSSendQueue: 4},
+		Transport: transport.Options{WSSendQueue: 4, WSPingInterval: 100 * time.Millisecond},
 	})
-	// A small receive buffer so that the kernel cannot absorb the stream.
+	c := e.dial(t, e.spaceID)
+	wsEnter(t, c, e.rootID)
+
+	const input = "flood me"
+	wsSend(t, c, map[string]any{"type": "session.stream", "id": "s", "input": input})
+	// The client never reads again (so it never answers a ping).
+	e.eventuallyConns(t, e.spaceID, 0)
+
+	want := model.Reply(llm.Request{Messages: []llm.Message{{Role: llm.RoleUser, Content: input}}})
+	require.Greater(t, len(strings.Fields(want)), 1000)
+	recs := e.eventuallyMessages(t, e.rootID, 2)
+	assert.Equal(t, wsRecord{"user", input}, recs[0])
+	assert.Equal(t, wsRecord{"assistant", want}, recs[1])
+}
+
+// A client that reads, but slower than its stream is produced, gets a
+// close frame with code 1008 once its queue is over the byte bound (not a
+// bare drop), and the turn is still persisted.
+func TestWSSlowReaderGetsClose1008(t *testing.T) {
+	t.Parallel()
+	model := fake.New(fake.Config{ReplyWords: 4000})
+	e := newWSEnv(t, testutil.StackOptions{
+		LLM:       model,
+		Transport: transport.Options{WSSendQueueBytes: 2048},
+	})
 	d := &websocket.Dialer{HandshakeTimeout: wsWait, NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if tc, ok := conn.(*net.TCPConn); ok {
@@ -706,28 +734,91 @@ func TestWSSlowReaderIsDropped(t *testing.T) {
 	}}
 	c := e.dialWith(t, d, e.spaceID)
 	wsEnter(t, c, e.rootID)
-
-	const input = "flood me"
+	const input = "stream slowly"
 	wsSend(t, c, map[string]any{"type": "session.stream", "id": "s", "input": input})
-	// The client never reads again but keeps asking: every frame gets an
-	// error reply, far more than the kernel's buffers hold, so the server's
-	// queue for this peer fills and the server must drop it.
-	sent := 0
-	for ; sent < 500000; sent++ {
-		_ = c.SetWriteDeadline(time.Now().Add(wsWait))
-		if err := c.WriteMessage(websocket.TextMessage, []byte("not json")); err != nil {
-			break
+	time.Sleep(300 * time.Millisecond) // the model outruns the reader
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(wsWait)))
+	var closeErr *websocket.CloseError
+	for {
+		_, _, err := c.ReadMessage()
+		if err == nil {
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		require.ErrorAs(t, err, &closeErr, "the connection ends with a close frame, not a bare drop")
+		break
+	}
+	assert.Equal(t, websocket.ClosePolicyViolation, closeErr.Code)
+
+	want := model.Reply(llm.Request{Messages: []llm.Message{{Role: llm.RoleUser, Content: input}}})
+	recs := e.eventuallyMessages(t, e.rootID, 2)
+	assert.Equal(t, wsRecord{"assistant", want}, recs[1])
+}
+
+// A client that pipelines far more requests than the server queues, while
+// reading its answers, gets one answer per request (BUSY for turns over
+// the per-connection limit) and keeps its connection.
+func TestWSPipelinedRequestsGetAnswersNotADrop(t *testing.T) {
+	t.Parallel()
+	e := newWSEnv(t, testutil.StackOptions{
+		LLM:       fake.New(fake.Config{}),
+		Transport: transport.Options{WSSendQueue: 16},
+		Space:     space.Options{SessionQueue: 1000},
+	})
+	c := e.dial(t, e.spaceID)
+	wsEnter(t, c, e.rootID)
+	const n = 1000
+	sendErr := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			var msg any = map[string]any{"type": "session.leave-nope", "id": fmt.Sprintf("r%d", i)}
+			if i%10 == 0 {
+				msg = map[string]any{"type": "session.message", "id": fmt.Sprintf("r%d", i), "input": fmt.Sprintf("turn %d", i)}
+			}
+			b, _ := json.Marshal(msg)
+			_ = c.SetWriteDeadline(time.Now().Add(wsWait))
+			if err := c.WriteMessage(websocket.TextMessage, b); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- nil
+	}()
+	seen := map[string]string{}
+	for len(seen) < n {
+		m := wsRead(t, c)
+		require.NotNil(t, m.ID, m.raw)
+		_, dup := seen[*m.ID]
+		require.False(t, dup, "one answer per request: %s", m.raw)
+		code := m.Type
+		if m.Type == "error" {
+			code = m.Code
+		}
+		seen[*m.ID] = code
+	}
+	require.NoError(t, <-sendErr)
+	turns, busy := 0, 0
+	for id, code := range seen {
+		var i int
+		_, _ = fmt.Sscanf(id, "r%d", &i)
+		if i%10 != 0 {
+			assert.Equal(t, "UNKNOWN_TYPE", code, id)
+			continue
+		}
+		switch code {
+		case "turn.complete":
+			turns++
+		case "BUSY":
+			busy++
+		default:
+			t.Errorf("turn %s answered %s", id, code)
 		}
 	}
-	require.Less(t, sent, 500000, "the server never dropped a client that does not read")
-	e.eventuallyConns(t, e.spaceID, 0)
-
-	// ...and the turn still completes and is persisted.
-	want := model.Reply(llm.Request{Messages: []llm.Message{{Role: llm.RoleUser, Content: input}}})
-	require.Greater(t, len(strings.Fields(want)), 1000)
-	recs := e.eventuallyMessages(t, e.rootID, 2)
-	assert.Equal(t, wsRecord{"user", input}, recs[0])
-	assert.Equal(t, wsRecord{"assistant", want}, recs[1])
+	assert.Equal(t, n/10, turns+busy)
+	assert.Positive(t, turns)
+	// Still open and answering.
+	m := wsCall(t, c, map[string]any{"type": "session.leave", "id": "last"})
+	assert.Equal(t, "session.left", m.Type)
 }
 
 // wsGatedWriter holds a streamed model answer before its n-th write until

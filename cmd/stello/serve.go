@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
 	"github.com/stellohq/stello/transport"
@@ -124,15 +125,17 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	engine := session.NewEngine(db.store, client, nil, session.Options{
 		MaxContextTokens: c.maxContext, MaxToolRounds: c.maxToolRounds, MaxTokens: c.llm.maxTokens})
+	panics := guard.New(log)
 	spaces := space.NewManager(space.Options{IdleTTL: c.idleTTL, MailboxSize: c.mailboxSize, SessionQueue: c.sessionQueue,
-		TurnTimeout: c.turnTimeout, ConsolidateEvery: c.consolidate}, db.store, engine, log)
+		TurnTimeout: c.turnTimeout, ConsolidateEvery: c.consolidate, Guard: panics}, db.store, engine, log)
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(panics.Collector())
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_goroutines", Help: "runtime.NumGoroutine()."},
 		func() float64 { return float64(runtime.NumGoroutine()) }))
 	reg.MustRegister(spaces.Collectors()...)
 	front := transport.New(transport.Options{MaxBodyBytes: c.maxBody, WSMaxMessageBytes: c.wsMaxMessage,
-		KeyCacheTTL: c.keyCacheTTL, Pprof: c.pprof}, spaces, db.store, db.store, log, reg)
+		KeyCacheTTL: c.keyCacheTTL, Pprof: c.pprof, Guard: panics}, spaces, db.store, db.store, log, reg)
 
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
@@ -159,6 +162,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	front.Close() // WebSockets get 1001; /readyz answers 503
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("in-flight requests did not finish in time", zap.Error(err))
+		// Streams still open end with an UNAVAILABLE error event, not a
+		// bare close; give them a moment to write it.
+		front.Abort()
+		actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = srv.Shutdown(actx)
+		acancel()
 		_ = srv.Close()
 	}
 	if err := spaces.Close(sctx); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/fake"
 	"github.com/stellohq/stello/pgstore"
@@ -35,6 +36,7 @@ type Stack struct {
 	HTTP     *httptest.Server
 	URL      string
 	Registry *prometheus.Registry
+	Guard    *guard.Guard
 }
 
 // NewStack starts a stack; it is shut down at cleanup.
@@ -55,13 +57,21 @@ func NewStack(t testing.TB, o StackOptions) *Stack {
 		o.Transport.KeyCacheTTL = 50 * time.Millisecond
 	}
 	log := zap.NewNop()
+	panics := guard.New(log)
+	if o.Space.Guard == nil {
+		o.Space.Guard = panics
+	}
+	if o.Transport.Guard == nil {
+		o.Transport.Guard = o.Space.Guard
+	}
 	eng := session.NewEngine(st, client, nil, o.Engine)
 	mgr := space.NewManager(o.Space, st, eng, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(mgr.Collectors()...)
+	reg.MustRegister(o.Space.Guard.Collector())
 	front := transport.New(o.Transport, mgr, st, st, log, reg)
 	srv := httptest.NewServer(front.Handler())
-	s := &Stack{Store: st, Spaces: mgr, Engine: eng, Front: front, HTTP: srv, URL: srv.URL, Registry: reg}
+	s := &Stack{Store: st, Spaces: mgr, Engine: eng, Front: front, HTTP: srv, URL: srv.URL, Registry: reg, Guard: o.Space.Guard}
 	t.Cleanup(func() {
 		front.Close()
 		srv.Close()
