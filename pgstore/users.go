@@ -47,7 +47,7 @@ func (s *Store) CreateUser(ctx context.Context, name string) (User, string, erro
 		return err
 	})
 	if err != nil {
-		return User{}, "", wrap("create user", err)
+		return User{}, "", wrap(ctx, "create user", err)
 	}
 	return u, key, nil
 }
@@ -58,7 +58,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
 		(SELECT count(*) FROM api_keys k WHERE k.user_id = u.id AND k.revoked_at IS NULL)::int
 		FROM users u ORDER BY u.created_at, u.id`)
 	if err != nil {
-		return nil, wrap("list users", err)
+		return nil, wrap(ctx, "list users", err)
 	}
 	us, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (User, error) {
 		var u User
@@ -66,7 +66,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
 		u.CreatedAt = u.CreatedAt.UTC()
 		return u, err
 	})
-	return us, wrap("list users", err)
+	return us, wrap(ctx, "list users", err)
 }
 
 // userExists fails with ErrNotFound when the user does not exist.
@@ -78,7 +78,7 @@ func userExists(ctx context.Context, tx pgx.Tx, userID string) error {
 // RevokeKeys revokes every active key of a user and returns how many.
 func (s *Store) RevokeKeys(ctx context.Context, userID string) (int, error) {
 	if uuid.Validate(userID) != nil {
-		return 0, wrap("revoke keys", pgx.ErrNoRows)
+		return 0, wrap(ctx, "revoke keys", pgx.ErrNoRows)
 	}
 	var n int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -89,13 +89,13 @@ func (s *Store) RevokeKeys(ctx context.Context, userID string) (int, error) {
 		n = int(tag.RowsAffected())
 		return err
 	})
-	return n, wrap("revoke keys", err)
+	return n, wrap(ctx, "revoke keys", err)
 }
 
 // RotateKey revokes every key of a user and returns a new one.
 func (s *Store) RotateKey(ctx context.Context, userID string) (string, error) {
 	if uuid.Validate(userID) != nil {
-		return "", wrap("rotate key", pgx.ErrNoRows)
+		return "", wrap(ctx, "rotate key", pgx.ErrNoRows)
 	}
 	key := NewAPIKey()
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -109,7 +109,7 @@ func (s *Store) RotateKey(ctx context.Context, userID string) (string, error) {
 		return err
 	})
 	if err != nil {
-		return "", wrap("rotate key", err)
+		return "", wrap(ctx, "rotate key", err)
 	}
 	return key, nil
 }
@@ -118,5 +118,5 @@ func (s *Store) RotateKey(ctx context.Context, userID string) (string, error) {
 func (s *Store) UserByKey(ctx context.Context, key string) (string, error) {
 	var id string
 	err := s.pool.QueryRow(ctx, "SELECT user_id::text FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", HashKey(key)).Scan(&id)
-	return id, wrap("authenticate", err)
+	return id, wrap(ctx, "authenticate", err)
 }

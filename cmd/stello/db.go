@@ -20,15 +20,18 @@ import (
 
 // dbFlags locate the database.
 type dbFlags struct {
-	url      string
-	dataDir  string
-	maxConns int
+	url         string
+	dataDir     string
+	maxConns    int
+	stmtTimeout time.Duration
 }
 
 func (d *dbFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&d.url, "database-url", "", "PostgreSQL connection string (env STELLO_DATABASE_URL); empty runs an embedded PostgreSQL")
 	fs.StringVar(&d.dataDir, "data-dir", "./stello-data", "data directory of the embedded PostgreSQL")
 	fs.IntVar(&d.maxConns, "db-max-conns", 32, "maximum database connections")
+	fs.DurationVar(&d.stmtTimeout, "db-statement-timeout", pgstore.DefaultStatementTimeout,
+		"deadline of one database statement and of waiting for a pooled connection; past it the request answers 503 UNAVAILABLE (0 or less disables)")
 }
 
 // database is an open store plus whatever must be stopped with it.
@@ -71,7 +74,7 @@ func (d *dbFlags) open(ctx context.Context, log *zap.Logger) (*database, error) 
 			url = inst.URL()
 		}
 	}
-	store, err := pgstore.Open(ctx, url, pgstore.PoolOptions{MaxConns: int32(d.maxConns)})
+	store, err := pgstore.Open(ctx, url, pgstore.PoolOptions{MaxConns: int32(d.maxConns), StatementTimeout: d.statementTimeout()})
 	if err != nil {
 		if inst != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -102,4 +105,13 @@ func runningPort(dir string) (int, bool) {
 		return 0, false
 	}
 	return port, true
+}
+
+// statementTimeout converts the flag to PoolOptions.StatementTimeout, where
+// zero means the default: a flag of zero or less disables the bound.
+func (d *dbFlags) statementTimeout() time.Duration {
+	if d.stmtTimeout <= 0 {
+		return -1
+	}
+	return d.stmtTimeout
 }
