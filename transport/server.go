@@ -5,13 +5,11 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/puzpuzpuz/xsync/v3"
 	"go.uber.org/zap"
 
@@ -38,8 +36,12 @@ type Options struct {
 	// merged while they wait, so a fast model does not fill the queue.
 	WSSendQueue      int
 	WSSendQueueBytes int
-	// Pprof mounts /debug/pprof when true.
+	// Pprof mounts /debug/pprof on Handler when true (and SeparateAdmin is
+	// false).
 	Pprof bool
+	// SeparateAdmin leaves /metrics and /debug/pprof off Handler: they are
+	// served by AdminHandler only, for a listener of their own.
+	SeparateAdmin bool
 }
 
 // Pinger checks that the database answers, for /readyz.
@@ -123,7 +125,10 @@ func (s *Server) Close() {
 	})
 }
 
-// observe records the request count and latency by route pattern.
+// observe records the request count and latency by route pattern. Every
+// label comes from a closed set, whatever the client sends: the matched
+// route pattern (or "unmatched"), a known method (or "other") and a known
+// status code (or its class, e.g. "4xx").
 func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -133,7 +138,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
 			route = rc.RoutePattern()
 		}
-		s.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
+		s.requests.WithLabelValues(route, methodLabel(r.Method), statusLabel(sw.status)).Inc()
 		s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
 }
@@ -182,9 +187,8 @@ func (s *Server) routes() chi.Router {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
-	if s.opts.Pprof {
-		mountPprof(r)
+	if !s.opts.SeparateAdmin {
+		s.mountAdmin(r, s.opts.Pprof)
 	}
 	r.Route("/spaces", func(r chi.Router) {
 		r.Use(s.authenticate)
