@@ -25,6 +25,13 @@ type Options struct {
 	// KeyCacheTTL is how long a key lookup is remembered, so the longest a
 	// revoked key keeps working (default 30s; 0 disables the cache).
 	KeyCacheTTL time.Duration
+	// KeyCacheSize bounds the cached known keys (default 100,000; unknown
+	// keys have a cache of a tenth of that of their own).
+	KeyCacheSize int
+	// KeyLookupRate bounds database lookups of keys not in the cache, per
+	// second (default 200, bursts of twice that); over it such requests
+	// get 503 UNAVAILABLE.
+	KeyLookupRate float64
 	// WSPingInterval is how often idle connections are pinged (default 30s);
 	// a peer that does not answer within two intervals is dropped.
 	WSPingInterval time.Duration
@@ -95,7 +102,7 @@ func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap
 	if registry == nil {
 		registry = prometheus.NewRegistry()
 	}
-	s := &Server{opts: opts, spaces: spaces, keys: newKeyCache(keys, opts.KeyCacheTTL), db: db, log: log, registry: registry,
+	s := &Server{opts: opts, spaces: spaces, keys: newKeyCache(keys, opts.KeyCacheTTL, opts.KeyCacheSize, opts.KeyLookupRate), db: db, log: log, registry: registry,
 		conns: xsync.NewMapOf[*wsConn, struct{}]()}
 	s.wsActive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "stello_ws_connections", Help: "Open WebSocket connections."})
 	s.wsTotal = prometheus.NewCounter(prometheus.CounterOpts{Name: "stello_ws_connections_total", Help: "WebSocket connections accepted."})
@@ -109,6 +116,7 @@ func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap
 	_ = registry.Register(s.latency)
 	s.hub = newPingHub(s)
 	s.router = s.routes()
+	s.watchKeys(keys)
 	return s
 }
 
@@ -118,6 +126,7 @@ func (s *Server) Handler() http.Handler { return s.router }
 // Close stops the ping hub and closes every WebSocket with code 1001.
 func (s *Server) Close() {
 	s.closing.Store(true)
+	s.stopWatchingKeys()
 	s.hub.stop()
 	s.conns.Range(func(c *wsConn, _ struct{}) bool {
 		c.CloseWith(1001, "server shutting down")

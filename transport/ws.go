@@ -40,6 +40,7 @@ type wsConn struct {
 	s       *Server
 	spaceID string
 	userID  string
+	keyHash [32]byte // SHA-256 of the API key it was opened with
 	ws      *websocket.Conn
 	gone    chan struct{} // closed when the reader ends
 
@@ -69,7 +70,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(http.StatusBadRequest, "BAD_REQUEST", "expected a WebSocket upgrade request"))
 		return
 	}
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), gone: make(chan struct{})}
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), gone: make(chan struct{})}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
 		return

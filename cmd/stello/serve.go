@@ -38,6 +38,8 @@ type serveConfig struct {
 	maxBody         int64
 	wsMaxMessage    int64
 	keyCacheTTL     time.Duration
+	keyCacheSize    int
+	keyLookupRate   float64
 	shutdownTimeout time.Duration
 	pprof           bool
 	logLevel        string
@@ -59,7 +61,9 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.turnTimeout, "turn-timeout", 2*time.Minute, "deadline of a whole turn")
 	fs.Int64Var(&c.maxBody, "max-body-bytes", 1<<20, "request body limit")
 	fs.Int64Var(&c.wsMaxMessage, "ws-max-message-bytes", 1<<20, "WebSocket frame limit (larger frames close the connection with 1009)")
-	fs.DurationVar(&c.keyCacheTTL, "key-cache-ttl", 30*time.Second, "how long an API key lookup is cached: the longest a revoked key keeps working (0 disables)")
+	fs.DurationVar(&c.keyCacheTTL, "key-cache-ttl", 30*time.Second, "how long an API key lookup is cached: revocations are announced to every server at once, this bounds a revoked key's life should an announcement be lost (0 disables the cache)")
+	fs.IntVar(&c.keyCacheSize, "key-cache-size", 100_000, "known API keys kept in the cache (least recently used ones are dropped first); unknown keys have a separate cache a tenth that size")
+	fs.Float64Var(&c.keyLookupRate, "key-lookup-rate", 200, "database lookups per second (bursts of twice that) for API keys not in the cache; over it such requests get 503 UNAVAILABLE")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for in-flight requests")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve runtime profiles on /debug/pprof/ of --addr (with --admin-addr they are always on the admin listener instead)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -134,7 +138,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		func() float64 { return float64(runtime.NumGoroutine()) }))
 	reg.MustRegister(spaces.Collectors()...)
 	front := transport.New(transport.Options{MaxBodyBytes: c.maxBody, WSMaxMessageBytes: c.wsMaxMessage,
-		KeyCacheTTL: c.keyCacheTTL, Pprof: c.pprof, SeparateAdmin: c.adminAddr != ""}, spaces, db.store, db.store, log, reg)
+		KeyCacheTTL: c.keyCacheTTL, KeyCacheSize: c.keyCacheSize, KeyLookupRate: c.keyLookupRate, Pprof: c.pprof, SeparateAdmin: c.adminAddr != ""}, spaces, db.store, db.store, log, reg)
 
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
