@@ -112,6 +112,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	log.Info("database", zap.String("database", db.desc))
 	stopDB := func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
@@ -217,6 +218,7 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer func() { _ = db.close(context.Background()) }()
+	fmt.Fprintf(stderr, "stello: database: %s\n", db.desc)
 	applied, err := db.store.Migrate(ctx)
 	if err != nil {
 		return err
