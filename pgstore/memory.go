@@ -14,7 +14,7 @@ func (s *Store) MemoryState(ctx context.Context, spaceID, sessionID string) (ses
 	err := s.pool.QueryRow(ctx, `SELECT memory, memory_version, consolidated_through, summary, summary_through
 		FROM session_data WHERE space_id = $1 AND session_id = $2`, spaceID, sessionID).
 		Scan(&m.Memory, &m.Version, &m.ConsolidatedThrough, &m.Summary, &m.SummaryThrough)
-	return m, wrap("read memory", err)
+	return m, wrap(ctx, "read memory", err)
 }
 
 // WriteConsolidation stores a consolidated memory covering records up to
@@ -30,7 +30,7 @@ func (s *Store) WriteConsolidation(ctx context.Context, spaceID, sessionID, memo
 		return 0, false, nil
 	}
 	if err != nil {
-		return 0, false, wrap("write memory", err)
+		return 0, false, wrap(ctx, "write memory", err)
 	}
 	return v, true, nil
 }
@@ -68,7 +68,7 @@ func (s *Store) WriteIntegration(ctx context.Context, spaceID, rootID, synthesis
 		return nil
 	})
 	if err != nil {
-		return 0, nil, false, wrap("write integration", err)
+		return 0, nil, false, wrap(ctx, "write integration", err)
 	}
 	return v, written, ok, nil
 }
@@ -81,14 +81,14 @@ func (s *Store) ChildMemories(ctx context.Context, spaceID string) ([]session.Ch
 		WHERE s.space_id = $1 AND s.role <> 'main' AND s.status = 'active'
 		ORDER BY s.depth, s.idx, s.created_at`, spaceID)
 	if err != nil {
-		return nil, wrap("read child memories", err)
+		return nil, wrap(ctx, "read child memories", err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (session.ChildMemory, error) {
 		var c session.ChildMemory
 		err := r.Scan(&c.ID, &c.Label, &c.Memory)
 		return c, err
 	})
-	return out, wrap("read child memories", err)
+	return out, wrap(ctx, "read child memories", err)
 }
 
 // SaveSummary caches the summary of a session's records up to through,
@@ -96,5 +96,5 @@ func (s *Store) ChildMemories(ctx context.Context, spaceID string) ([]session.Ch
 func (s *Store) SaveSummary(ctx context.Context, spaceID, sessionID, summary string, through int64) error {
 	_, err := s.pool.Exec(ctx, `UPDATE session_data SET summary = $3, summary_through = $4
 		WHERE space_id = $1 AND session_id = $2 AND summary_through < $4`, spaceID, sessionID, summary, through)
-	return wrap("save summary", err)
+	return wrap(ctx, "save summary", err)
 }

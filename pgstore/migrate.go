@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -64,13 +65,26 @@ func (s *Store) Migrate(ctx context.Context) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Migrations and the wait for another process's migrations may
+	// legitimately outlast the statement timeout.
+	ctx = withoutStatementTimeout(ctx)
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, wrap("migrate: acquire", err)
+		return nil, wrap(ctx, "migrate: acquire", err)
 	}
 	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SET statement_timeout = 0"); err != nil {
+		return nil, wrap(ctx, "migrate: lift statement timeout", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(rctx, "RESET statement_timeout"); err != nil {
+			_ = conn.Conn().Close(rctx) // the pool drops a closed connection
+		}
+	}()
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(migrationLockID)); err != nil {
-		return nil, wrap("migrate: lock", err)
+		return nil, wrap(ctx, "migrate: lock", err)
 	}
 	defer func() {
 		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(migrationLockID))
@@ -79,16 +93,16 @@ func (s *Store) Migrate(ctx context.Context) ([]int, error) {
 		version integer PRIMARY KEY,
 		name text NOT NULL,
 		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return nil, wrap("migrate: create schema_migrations", err)
+		return nil, wrap(ctx, "migrate: create schema_migrations", err)
 	}
 	applied := map[int]bool{}
 	rows, err := conn.Query(ctx, "SELECT version FROM schema_migrations")
 	if err != nil {
-		return nil, wrap("migrate: read schema_migrations", err)
+		return nil, wrap(ctx, "migrate: read schema_migrations", err)
 	}
 	vs, err := pgx.CollectRows(rows, pgx.RowTo[int])
 	if err != nil {
-		return nil, wrap("migrate: read schema_migrations", err)
+		return nil, wrap(ctx, "migrate: read schema_migrations", err)
 	}
 	for _, v := range vs {
 		applied[v] = true
@@ -106,7 +120,7 @@ func (s *Store) Migrate(ctx context.Context) ([]int, error) {
 			return err
 		})
 		if err != nil {
-			return done, wrap("migrate: apply "+m.Name, err)
+			return done, wrap(ctx, "migrate: apply "+m.Name, err)
 		}
 		done = append(done, m.Version)
 	}

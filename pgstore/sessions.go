@@ -52,7 +52,7 @@ func (s *Store) CreateSession(ctx context.Context, st session.State, inherit boo
 		}
 		return nil
 	})
-	return wrap("create session", err)
+	return wrap(ctx, "create session", err)
 }
 
 // ArchiveSession marks a session archived and returns its update time.
@@ -62,7 +62,7 @@ func (s *Store) ArchiveSession(ctx context.Context, spaceID, sessionID string) (
 	if err == nil && tag.RowsAffected() == 0 {
 		err = pgx.ErrNoRows
 	}
-	return t, wrap("archive session", err)
+	return t, wrap(ctx, "archive session", err)
 }
 
 // SetSlot writes one data slot of a session.
@@ -80,7 +80,7 @@ func (s *Store) SetSlot(ctx context.Context, spaceID, sessionID string, slot ses
 	if err == nil && tag.RowsAffected() == 0 {
 		err = pgx.ErrNoRows
 	}
-	return wrap("set "+string(slot), err)
+	return wrap(ctx, "set "+string(slot), err)
 }
 
 const recordCols = "id, role, content, tool_calls, tool_call_id, created_at"
@@ -116,10 +116,10 @@ func (s *Store) ListRecords(ctx context.Context, spaceID, sessionID string, limi
 	rows, err := s.pool.Query(ctx, "SELECT "+recordCols+" FROM records WHERE space_id = $1 AND session_id = $2 ORDER BY id LIMIT $3 OFFSET $4",
 		spaceID, sessionID, lim, offset)
 	if err != nil {
-		return nil, wrap("list records", err)
+		return nil, wrap(ctx, "list records", err)
 	}
 	recs, err := pgx.CollectRows(rows, scanRecord)
-	return recs, wrap("list records", err)
+	return recs, wrap(ctx, "list records", err)
 }
 
 // RecordsAfter returns a session's records with id > after, oldest first.
@@ -127,10 +127,10 @@ func (s *Store) RecordsAfter(ctx context.Context, spaceID, sessionID string, aft
 	rows, err := s.pool.Query(ctx, "SELECT "+recordCols+" FROM records WHERE space_id = $1 AND session_id = $2 AND id > $3 ORDER BY id",
 		spaceID, sessionID, after)
 	if err != nil {
-		return nil, wrap("read records", err)
+		return nil, wrap(ctx, "read records", err)
 	}
 	recs, err := pgx.CollectRows(rows, scanRecord)
-	return recs, wrap("read records", err)
+	return recs, wrap(ctx, "read records", err)
 }
 
 // commitTimeout bounds a turn's commit once it is on the wire.
@@ -212,7 +212,7 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 		err = fmt.Errorf("wrote %d of %d records", len(ids), len(c.Records))
 	}
 	if err != nil {
-		return 0, nil, wrap("commit turn", err)
+		return 0, nil, wrap(ctx, "commit turn", err)
 	}
 	return turns, ids, nil
 }

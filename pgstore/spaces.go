@@ -46,7 +46,7 @@ func (s *Store) CreateSpace(ctx context.Context, userID string, in session.Space
 		return insertSession(ctx, tx, root)
 	})
 	if err != nil {
-		return session.Space{}, session.State{}, wrap("create space", err)
+		return session.Space{}, session.State{}, wrap(ctx, "create space", err)
 	}
 	return sp, root, nil
 }
@@ -55,10 +55,10 @@ func (s *Store) CreateSpace(ctx context.Context, userID string, in session.Space
 func (s *Store) ListSpaces(ctx context.Context, userID string) ([]session.Space, error) {
 	rows, err := s.pool.Query(ctx, "SELECT "+spaceCols+" FROM spaces WHERE user_id = $1 ORDER BY created_at, id", userID)
 	if err != nil {
-		return nil, wrap("list spaces", err)
+		return nil, wrap(ctx, "list spaces", err)
 	}
 	sps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (session.Space, error) { return scanSpace(r) })
-	return sps, wrap("list spaces", err)
+	return sps, wrap(ctx, "list spaces", err)
 }
 
 // LoadSpace reads a space and its whole session tree with every session's
@@ -74,11 +74,11 @@ func (s *Store) LoadSpace(ctx context.Context, spaceID string) (session.Space, [
 	defer br.Close()
 	sp, err := scanSpace(br.QueryRow())
 	if err != nil {
-		return session.Space{}, nil, wrap("load space", err)
+		return session.Space{}, nil, wrap(ctx, "load space", err)
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return session.Space{}, nil, wrap("load sessions", err)
+		return session.Space{}, nil, wrap(ctx, "load sessions", err)
 	}
 	sessions, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (session.State, error) {
 		var st session.State
@@ -91,10 +91,10 @@ func (s *Store) LoadSpace(ctx context.Context, spaceID string) (session.Space, [
 		return st, err
 	})
 	if err != nil {
-		return session.Space{}, nil, wrap("load sessions", err)
+		return session.Space{}, nil, wrap(ctx, "load sessions", err)
 	}
 	if err := br.Close(); err != nil {
-		return session.Space{}, nil, wrap("load space", err)
+		return session.Space{}, nil, wrap(ctx, "load space", err)
 	}
 	return sp, sessions, nil
 }
@@ -124,7 +124,7 @@ func (s *Store) UpdateSpace(ctx context.Context, spaceID string, p session.Space
 		}
 		return err
 	})
-	return sp, wrap("update space", err)
+	return sp, wrap(ctx, "update space", err)
 }
 
 func nullJSON(b json.RawMessage) any {
@@ -138,10 +138,10 @@ func nullJSON(b json.RawMessage) any {
 func (s *Store) DeleteSpace(ctx context.Context, spaceID string) error {
 	tag, err := s.pool.Exec(ctx, "DELETE FROM spaces WHERE id = $1", spaceID)
 	if err != nil {
-		return wrap("delete space", err)
+		return wrap(ctx, "delete space", err)
 	}
 	if tag.RowsAffected() == 0 {
-		return wrap("delete space", pgx.ErrNoRows)
+		return wrap(ctx, "delete space", pgx.ErrNoRows)
 	}
 	return nil
 }
@@ -150,12 +150,12 @@ func (s *Store) DeleteSpace(ctx context.Context, spaceID string) error {
 func (s *Store) SetSpaceValue(ctx context.Context, spaceID, key string, value json.RawMessage) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO space_kv (space_id, key, value) VALUES ($1, $2, $3)
 		ON CONFLICT (space_id, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()`, spaceID, key, string(value))
-	return wrap(fmt.Sprintf("set space value %q", key), err)
+	return wrap(ctx, fmt.Sprintf("set space value %q", key), err)
 }
 
 // SpaceValue reads a space-level key/value (ErrNotFound when unset).
 func (s *Store) SpaceValue(ctx context.Context, spaceID, key string) (json.RawMessage, error) {
 	var b []byte
 	err := s.pool.QueryRow(ctx, "SELECT value FROM space_kv WHERE space_id = $1 AND key = $2", spaceID, key).Scan(&b)
-	return json.RawMessage(b), wrap(fmt.Sprintf("space value %q", key), err)
+	return json.RawMessage(b), wrap(ctx, fmt.Sprintf("space value %q", key), err)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"time"
 
 	"github.com/google/uuid"
@@ -47,7 +48,7 @@ func (s *Store) CreateUser(ctx context.Context, name string) (User, string, erro
 		return err
 	})
 	if err != nil {
-		return User{}, "", wrap("create user", err)
+		return User{}, "", wrap(ctx, "create user", err)
 	}
 	return u, key, nil
 }
@@ -58,7 +59,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
 		(SELECT count(*) FROM api_keys k WHERE k.user_id = u.id AND k.revoked_at IS NULL)::int
 		FROM users u ORDER BY u.created_at, u.id`)
 	if err != nil {
-		return nil, wrap("list users", err)
+		return nil, wrap(ctx, "list users", err)
 	}
 	us, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (User, error) {
 		var u User
@@ -66,7 +67,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
 		u.CreatedAt = u.CreatedAt.UTC()
 		return u, err
 	})
-	return us, wrap("list users", err)
+	return us, wrap(ctx, "list users", err)
 }
 
 // userExists fails with ErrNotFound when the user does not exist.
@@ -78,7 +79,7 @@ func userExists(ctx context.Context, tx pgx.Tx, userID string) error {
 // RevokeKeys revokes every active key of a user and returns how many.
 func (s *Store) RevokeKeys(ctx context.Context, userID string) (int, error) {
 	if uuid.Validate(userID) != nil {
-		return 0, wrap("revoke keys", pgx.ErrNoRows)
+		return 0, wrap(ctx, "revoke keys", pgx.ErrNoRows)
 	}
 	var n int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -86,16 +87,19 @@ func (s *Store) RevokeKeys(ctx context.Context, userID string) (int, error) {
 			return err
 		}
 		tag, err := tx.Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", userID)
+		if err != nil {
+			return err
+		}
 		n = int(tag.RowsAffected())
-		return err
+		return notifyRevoked(ctx, tx, userID)
 	})
-	return n, wrap("revoke keys", err)
+	return n, wrap(ctx, "revoke keys", err)
 }
 
 // RotateKey revokes every key of a user and returns a new one.
 func (s *Store) RotateKey(ctx context.Context, userID string) (string, error) {
 	if uuid.Validate(userID) != nil {
-		return "", wrap("rotate key", pgx.ErrNoRows)
+		return "", wrap(ctx, "rotate key", pgx.ErrNoRows)
 	}
 	key := NewAPIKey()
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -105,11 +109,13 @@ func (s *Store) RotateKey(ctx context.Context, userID string) (string, error) {
 		if _, err := tx.Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", userID); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, "INSERT INTO api_keys (id, user_id, key_hash) VALUES ($1, $2, $3)", uuid.NewString(), userID, HashKey(key))
-		return err
+		if _, err := tx.Exec(ctx, "INSERT INTO api_keys (id, user_id, key_hash) VALUES ($1, $2, $3)", uuid.NewString(), userID, HashKey(key)); err != nil {
+			return err
+		}
+		return notifyRevoked(ctx, tx, userID)
 	})
 	if err != nil {
-		return "", wrap("rotate key", err)
+		return "", wrap(ctx, "rotate key", err)
 	}
 	return key, nil
 }
@@ -118,5 +124,120 @@ func (s *Store) RotateKey(ctx context.Context, userID string) (string, error) {
 func (s *Store) UserByKey(ctx context.Context, key string) (string, error) {
 	var id string
 	err := s.pool.QueryRow(ctx, "SELECT user_id::text FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", HashKey(key)).Scan(&id)
-	return id, wrap("authenticate", err)
+	return id, wrap(ctx, "authenticate", err)
+}
+
+// KeyRevocationChannel is the PostgreSQL NOTIFY channel on which RevokeKeys
+// and RotateKey announce, from their own transaction (so only once it
+// commits), the id of the user whose keys were revoked.
+const KeyRevocationChannel = "stello_keys_revoked"
+
+func notifyRevoked(ctx context.Context, tx pgx.Tx, userID string) error {
+	_, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", KeyRevocationChannel, userID)
+	return err
+}
+
+// ActiveKeyHashes returns which of the given key hashes (see HashKey)
+// belong to keys that exist and are not revoked.
+func (s *Store) ActiveKeyHashes(ctx context.Context, hashes [][32]byte) (map[[32]byte]bool, error) {
+	out := make(map[[32]byte]bool, len(hashes))
+	if len(hashes) == 0 {
+		return out, nil
+	}
+	arg := make([][]byte, len(hashes))
+	for i := range hashes {
+		arg[i] = hashes[i][:]
+	}
+	rows, err := s.pool.Query(ctx, "SELECT key_hash FROM api_keys WHERE key_hash = ANY($1) AND revoked_at IS NULL", arg)
+	if err != nil {
+		return nil, wrap(ctx, "active keys", err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return nil, wrap(ctx, "active keys", err)
+	}
+	for _, b := range found {
+		var h [32]byte
+		copy(h[:], b)
+		out[h] = true
+	}
+	return out, nil
+}
+
+// Listener timings.
+const (
+	listenIdleCheck  = 15 * time.Second // ping the listening connection after this long without a notification
+	listenPing       = 5 * time.Second  // bound on that ping and on connecting
+	listenBackoffMin = 100 * time.Millisecond
+	listenBackoffMax = 5 * time.Second
+)
+
+// ListenKeyRevocations listens on KeyRevocationChannel on a dedicated
+// connection until ctx is done, calling revoked with each user id
+// announced. After every (re)connection, once listening, it calls resync:
+// notifications sent while it was not listening are lost, so the caller
+// must assume any key may have been revoked meanwhile. A lost or silent
+// connection (no answer to a ping) is replaced, with exponential backoff
+// between attempts. It returns ctx's error.
+func (s *Store) ListenKeyRevocations(ctx context.Context, revoked func(userID string), resync func()) error {
+	cfg := s.pool.Config().ConnConfig.Copy()
+	cfg.Tracer = nil
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > listenPing {
+		cfg.ConnectTimeout = listenPing
+	}
+	backoff := listenBackoffMin
+	for {
+		err := s.listenOnce(ctx, cfg, revoked, resync, func() { backoff = listenBackoffMin })
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		_ = err // a lost connection: try again after the backoff
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, listenBackoffMax)
+	}
+}
+
+func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, revoked func(string), resync, connected func()) error {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+	lctx, cancel := context.WithTimeout(ctx, listenPing)
+	_, err = conn.Exec(lctx, "LISTEN "+pgx.Identifier{KeyRevocationChannel}.Sanitize())
+	cancel()
+	if err != nil {
+		return err
+	}
+	connected()
+	resync()
+	for {
+		wctx, cancel := context.WithTimeout(ctx, listenIdleCheck)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			revoked(n.Payload)
+			continue
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !errors.Is(err, context.DeadlineExceeded) || conn.IsClosed():
+			return err
+		}
+		// Quiet for a while: make sure the server still answers.
+		pctx, cancel := context.WithTimeout(ctx, listenPing)
+		err = conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 }

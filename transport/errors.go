@@ -30,6 +30,7 @@ func apiErr(status int, code, msg string) *APIError {
 var (
 	errUnauthorized = apiErr(http.StatusUnauthorized, "UNAUTHORIZED", "missing, unknown or revoked API key")
 	errNotFound     = apiErr(http.StatusNotFound, "NOT_FOUND", "not found")
+	errUnavailable  = apiErr(http.StatusServiceUnavailable, "UNAVAILABLE", "service unavailable: shutting down or database unreachable")
 )
 
 // classify maps any error to the API's status, code and a message safe to
@@ -55,6 +56,10 @@ func classify(err error) *APIError {
 		return apiErr(http.StatusConflict, "CONFLICT", err.Error())
 	case errors.Is(err, session.ErrBusy):
 		return apiErr(http.StatusTooManyRequests, "BUSY", "too many requests queued; retry shortly")
+	case errors.Is(err, pgstore.ErrUnavailable):
+		// Before the timeout case: a statement that exceeded the database
+		// statement timeout carries context.DeadlineExceeded too.
+		return errUnavailable
 	case errors.Is(err, llm.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return apiErr(http.StatusGatewayTimeout, "TIMEOUT", "the turn exceeded its deadline; nothing was persisted")
 	case errors.As(err, &pe):
@@ -63,8 +68,8 @@ func classify(err error) *APIError {
 		return apiErr(http.StatusBadGateway, "LLM_ERROR", err.Error())
 	case errors.Is(err, session.ErrToolLimit):
 		return apiErr(http.StatusBadGateway, "LLM_ERROR", err.Error()+"; nothing was persisted")
-	case errors.Is(err, space.ErrUnavailable), errors.Is(err, pgstore.ErrUnavailable), errors.Is(err, space.ErrNoEngine):
-		return apiErr(http.StatusServiceUnavailable, "UNAVAILABLE", "service unavailable: shutting down or database unreachable")
+	case errors.Is(err, space.ErrUnavailable), errors.Is(err, space.ErrNoEngine):
+		return errUnavailable
 	}
 	return apiErr(http.StatusInternalServerError, "INTERNAL", "internal error")
 }

@@ -5,14 +5,12 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/puzpuzpuz/xsync/v3"
 	"go.uber.org/zap"
 
@@ -29,6 +27,13 @@ type Options struct {
 	// KeyCacheTTL is how long a key lookup is remembered, so the longest a
 	// revoked key keeps working (default 30s; 0 disables the cache).
 	KeyCacheTTL time.Duration
+	// KeyCacheSize bounds the cached known keys (default 100,000; unknown
+	// keys have a cache of a tenth of that of their own).
+	KeyCacheSize int
+	// KeyLookupRate bounds database lookups of keys not in the cache, per
+	// second (default 200, bursts of twice that); over it such requests
+	// get 503 UNAVAILABLE.
+	KeyLookupRate float64
 	// WSPingInterval is how often idle connections are pinged (default 30s);
 	// a peer that does not answer within two intervals is dropped.
 	WSPingInterval time.Duration
@@ -40,7 +45,8 @@ type Options struct {
 	// merged while they wait, so a fast model does not fill the queue.
 	WSSendQueue      int
 	WSSendQueueBytes int
-	// Pprof mounts /debug/pprof when true.
+	// Pprof mounts /debug/pprof on Handler when true (and SeparateAdmin is
+	// false).
 	Pprof bool
 	// Guard logs and counts recovered panics (default: a private one).
 	Guard *guard.Guard
@@ -48,6 +54,9 @@ type Options struct {
 	// (default 4 MiB); a client further behind is disconnected, and the
 	// turn goes on.
 	SSEQueueBytes int
+	// SeparateAdmin leaves /metrics and /debug/pprof off Handler: they are
+	// served by AdminHandler only, for a listener of their own.
+	SeparateAdmin bool
 }
 
 // Pinger checks that the database answers, for /readyz.
@@ -110,8 +119,8 @@ func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap
 	if registry == nil {
 		registry = prometheus.NewRegistry()
 	}
-	s := &Server{opts: opts, spaces: spaces, keys: newKeyCache(keys, opts.KeyCacheTTL), db: db, log: log, guard: opts.Guard, registry: registry,
-		conns: xsync.NewMapOf[*wsConn, struct{}](), aborting: make(chan struct{})}
+	s := &Server{opts: opts, spaces: spaces, keys: newKeyCache(keys, opts.KeyCacheTTL, opts.KeyCacheSize, opts.KeyLookupRate), db: db, log: log,
+		guard: opts.Guard, registry: registry, conns: xsync.NewMapOf[*wsConn, struct{}](), aborting: make(chan struct{})}
 	s.wsActive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "stello_ws_connections", Help: "Open WebSocket connections."})
 	s.wsTotal = prometheus.NewCounter(prometheus.CounterOpts{Name: "stello_ws_connections_total", Help: "WebSocket connections accepted."})
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stello_http_requests_total",
@@ -124,6 +133,7 @@ func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap
 	_ = registry.Register(s.latency)
 	s.hub = newPingHub(s)
 	s.router = s.routes()
+	s.watchKeys(keys)
 	return s
 }
 
@@ -133,6 +143,7 @@ func (s *Server) Handler() http.Handler { return s.router }
 // Close stops the ping hub and closes every WebSocket with code 1001.
 func (s *Server) Close() {
 	s.closing.Store(true)
+	s.stopWatchingKeys()
 	s.hub.stop()
 	s.conns.Range(func(c *wsConn, _ struct{}) bool {
 		c.CloseWith(1001, "server shutting down")
@@ -147,7 +158,10 @@ func (s *Server) Abort() {
 	s.abortMu.Do(func() { close(s.aborting) })
 }
 
-// observe records the request count and latency by route pattern.
+// observe records the request count and latency by route pattern. Every
+// label comes from a closed set, whatever the client sends: the matched
+// route pattern (or "unmatched"), a known method (or "other") and a known
+// status code (or its class, e.g. "4xx").
 func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -157,7 +171,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
 			route = rc.RoutePattern()
 		}
-		s.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
+		s.requests.WithLabelValues(route, methodLabel(r.Method), statusLabel(sw.status)).Inc()
 		s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
 }
@@ -207,9 +221,8 @@ func (s *Server) routes() chi.Router {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
-	if s.opts.Pprof {
-		mountPprof(r)
+	if !s.opts.SeparateAdmin {
+		s.mountAdmin(r, s.opts.Pprof)
 	}
 	r.Route("/spaces", func(r chi.Router) {
 		r.Use(s.authenticate)

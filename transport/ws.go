@@ -42,6 +42,7 @@ type wsConn struct {
 	s       *Server
 	spaceID string
 	userID  string
+	keyHash [32]byte // SHA-256 of the API key it was opened with
 	ws      *websocket.Conn
 	gone    chan struct{} // closed when the reader ends
 
@@ -78,7 +79,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			"a key offered as the subprotocol stello.key.<key> must come with the subprotocol "+Subprotocol))
 		return
 	}
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), gone: make(chan struct{}), room: make(chan struct{}, 1)}
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), gone: make(chan struct{}), room: make(chan struct{}, 1)}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
 		return

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -47,20 +48,34 @@ func (l *llmFlags) client(log *zap.Logger) (llm.Client, error) {
 	provider := l.provider
 	key := l.apiKey
 	if provider == "" {
+		// A key in the environment picks the real provider, which bills it:
+		// never silently.
+		envVar := ""
 		switch {
-		case key != "" || os.Getenv("OPENAI_API_KEY") != "":
+		case key != "":
 			provider = "openai"
+		case os.Getenv("OPENAI_API_KEY") != "":
+			provider, envVar = "openai", "OPENAI_API_KEY"
 		case os.Getenv("ANTHROPIC_API_KEY") != "":
-			provider = "anthropic"
+			provider, envVar = "anthropic", "ANTHROPIC_API_KEY"
 		default:
 			provider = "fake"
 			log.Warn("no model API key configured: using the offline fake model (pass --llm openai|anthropic and a key for real conversations)")
+		}
+		if envVar != "" {
+			log.Warn("USING THE REAL "+strings.ToUpper(provider)+" API, billed to the key in "+envVar+
+				": it is set in the environment and no --llm was given (pass --llm fake for the offline model)",
+				zap.String("provider", provider), zap.String("variable", envVar))
 		}
 	}
 	switch provider {
 	case "openai":
 		if key == "" {
 			key = os.Getenv("OPENAI_API_KEY")
+		}
+		if key == "" && l.baseURL == "" {
+			return nil, &usageError{"--llm openai needs an API key (--llm-api-key, STELLO_LLM_API_KEY or OPENAI_API_KEY), " +
+				"or --llm-base-url for an OpenAI-compatible server that needs none"}
 		}
 		model := l.model
 		if model == "" {

@@ -25,6 +25,7 @@ import (
 // serveConfig is every flag of `stello serve`.
 type serveConfig struct {
 	addr            string
+	adminAddr       string
 	db              dbFlags
 	skipMigrate     bool
 	llm             llmFlags
@@ -38,6 +39,8 @@ type serveConfig struct {
 	maxBody         int64
 	wsMaxMessage    int64
 	keyCacheTTL     time.Duration
+	keyCacheSize    int
+	keyLookupRate   float64
 	shutdownTimeout time.Duration
 	pprof           bool
 	logLevel        string
@@ -46,6 +49,7 @@ type serveConfig struct {
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.StringVar(&c.adminAddr, "admin-addr", "", "when set, /metrics and /debug/pprof/ are served only on this listener (e.g. 127.0.0.1:9090), not on --addr")
 	c.db.register(fs)
 	fs.BoolVar(&c.skipMigrate, "skip-migrate", false, "do not migrate the database at start-up")
 	c.llm.register(fs)
@@ -58,9 +62,11 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.turnTimeout, "turn-timeout", 2*time.Minute, "deadline of a whole turn")
 	fs.Int64Var(&c.maxBody, "max-body-bytes", 1<<20, "request body limit")
 	fs.Int64Var(&c.wsMaxMessage, "ws-max-message-bytes", 1<<20, "WebSocket frame limit (larger frames close the connection with 1009)")
-	fs.DurationVar(&c.keyCacheTTL, "key-cache-ttl", 30*time.Second, "how long an API key lookup is cached: the longest a revoked key keeps working (0 disables)")
+	fs.DurationVar(&c.keyCacheTTL, "key-cache-ttl", 30*time.Second, "how long an API key lookup is cached: revocations are announced to every server at once, this bounds a revoked key's life should an announcement be lost (0 disables the cache)")
+	fs.IntVar(&c.keyCacheSize, "key-cache-size", 100_000, "known API keys kept in the cache (least recently used ones are dropped first); unknown keys have a separate cache a tenth that size")
+	fs.Float64Var(&c.keyLookupRate, "key-lookup-rate", 200, "database lookups per second (bursts of twice that) for API keys not in the cache; over it such requests get 503 UNAVAILABLE")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for in-flight requests")
-	fs.BoolVar(&c.pprof, "pprof", false, "serve runtime profiles on /debug/pprof/")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve runtime profiles on /debug/pprof/ of --addr (with --admin-addr they are always on the admin listener instead)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.logFormat, "log-format", "console", "log format: json or console")
 }
@@ -107,6 +113,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	log.Info("database", zap.String("database", db.desc))
 	stopDB := func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
@@ -135,12 +142,35 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		func() float64 { return float64(runtime.NumGoroutine()) }))
 	reg.MustRegister(spaces.Collectors()...)
 	front := transport.New(transport.Options{MaxBodyBytes: c.maxBody, WSMaxMessageBytes: c.wsMaxMessage,
-		KeyCacheTTL: c.keyCacheTTL, Pprof: c.pprof, Guard: panics}, spaces, db.store, db.store, log, reg)
+		KeyCacheTTL: c.keyCacheTTL, KeyCacheSize: c.keyCacheSize, KeyLookupRate: c.keyLookupRate, Pprof: c.pprof, SeparateAdmin: c.adminAddr != "", Guard: panics}, spaces, db.store, db.store, log, reg)
 
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		stopDB()
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
+	}
+	var adminSrv *http.Server
+	if c.adminAddr != "" {
+		aln, err := net.Listen("tcp", c.adminAddr)
+		if err != nil {
+			_ = ln.Close()
+			stopDB()
+			return fmt.Errorf("listen on --admin-addr %s: %w", c.adminAddr, err)
+		}
+		adminSrv = &http.Server{Handler: front.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: zap.NewStdLog(log.Named("admin"))}
+		go func() {
+			defer func() {
+				if v := recover(); v != nil {
+					log.Error("admin listener panicked", zap.Any("panic", v), zap.Stack("stack"))
+				}
+			}()
+			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin listener failed", zap.Error(err))
+			}
+		}()
+		log.Info("admin listener: /metrics and /debug/pprof/", zap.String("addr", aln.Addr().String()))
+		fmt.Fprintf(stdout, "admin listening on http://%s\n", aln.Addr())
 	}
 	srv := &http.Server{Handler: front.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: zap.NewStdLog(log.Named("http"))}
@@ -173,6 +203,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := spaces.Close(sctx); err != nil {
 		log.Warn("space actors did not stop in time", zap.Error(err))
 	}
+	if adminSrv != nil {
+		if err := adminSrv.Shutdown(sctx); err != nil {
+			_ = adminSrv.Close()
+		}
+	}
 	stopDB()
 	log.Info("stopped")
 	return nil
@@ -192,6 +227,7 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer func() { _ = db.close(context.Background()) }()
+	fmt.Fprintf(stderr, "stello: database: %s\n", db.desc)
 	applied, err := db.store.Migrate(ctx)
 	if err != nil {
 		return err

@@ -124,6 +124,7 @@ func withDB(ctx context.Context, d dbFlags, stderr io.Writer, fn func(db *databa
 		return err
 	}
 	defer func() { _ = db.close(context.Background()) }()
+	fmt.Fprintf(stderr, "stello: database: %s\n", db.desc)
 	if _, err := db.store.Migrate(ctx); err != nil {
 		return err
 	}

@@ -69,6 +69,11 @@ type Options struct {
 	Logger *zap.Logger
 	// Database is created if missing; it defaults to DefaultDatabase.
 	Database string
+	// Detached leaves the server running if the calling process dies
+	// without calling Stop (no parent-death signal), so that other
+	// processes sharing it keep their database (see Acquire). By default
+	// (tests, single users) the server gets SIGQUIT when the caller dies.
+	Detached bool
 }
 
 // Instance is a running PostgreSQL server started by Start.
@@ -79,8 +84,9 @@ type Instance struct {
 	database string
 	log      *zap.Logger
 
-	cmd  *exec.Cmd
-	proc *process
+	detached bool
+	cmd      *exec.Cmd
+	proc     *process
 
 	stopMu   sync.Mutex
 	stopping bool
@@ -161,7 +167,7 @@ func Start(ctx context.Context, o Options) (*Instance, error) {
 		return nil, fmt.Errorf("embedpg: %w", err)
 	}
 
-	inst := &Instance{dataDir: dir, binDir: binDir, database: database, log: log}
+	inst := &Instance{dataDir: dir, binDir: binDir, database: database, log: log, detached: o.Detached}
 	removedPid, shmWaits := false, 0
 	for attempt := 1; ; attempt++ {
 		port := o.Port
@@ -226,6 +232,10 @@ func (i *Instance) DataDir() string { return i.dataDir }
 
 // Database returns the name of the database URL points at.
 func (i *Instance) Database() string { return i.database }
+
+// Pid returns the process id of the postmaster. It leads a process group of
+// its own (the same id), which holds every backend process too.
+func (i *Instance) Pid() int { return i.cmd.Process.Pid }
 
 // Done returns a channel closed once the postgres process has exited, whether
 // through Stop or not.
@@ -318,7 +328,7 @@ func (i *Instance) launch(ctx context.Context, fsync bool, as *runAs) (failure, 
 	cmd.Stderr = logFile
 	cmd.Dir = "/"
 	cmd.Env = childEnv()
-	cmd.SysProcAttr = sysProcAttr(as)
+	cmd.SysProcAttr = sysProcAttr(as, i.detached)
 
 	proc, err := startProcess(cmd)
 	if err != nil {
@@ -489,7 +499,7 @@ func initdb(ctx context.Context, binDir, dir string, fsync bool, as *runAs) erro
 	cmd.Stderr = &out
 	cmd.Dir = "/"
 	cmd.Env = childEnv()
-	cmd.SysProcAttr = sysProcAttr(as)
+	cmd.SysProcAttr = sysProcAttr(as, false)
 	proc, err := startProcess(cmd)
 	if err != nil {
 		return fmt.Errorf("start initdb: %w", err)
@@ -532,12 +542,12 @@ func startProcess(cmd *exec.Cmd) (*process, error) {
 	return p, nil
 }
 
-func sysProcAttr(as *runAs) *syscall.SysProcAttr {
+func sysProcAttr(as *runAs, detached bool) *syscall.SysProcAttr {
 	var cred *syscall.Credential
 	if as != nil {
 		cred = as.cred
 	}
-	return platformSysProcAttr(cred)
+	return platformSysProcAttr(cred, detached)
 }
 
 // childEnv is the environment for initdb and postgres: ours without PG*

@@ -469,3 +469,114 @@ func pidAlive(pid int) bool {
 	}
 	return !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
+
+// Instance is a private PostgreSQL server for one test, which the test may
+// pause and resume to play a frozen database host. Unlike the shared server
+// behind NewDatabase, pausing it affects no other test.
+type Instance struct {
+	inst *embedpg.Instance
+	dir  string
+}
+
+// NewInstance starts a private server (from the local PostgreSQL binaries,
+// whatever STELLO_TEST_DATABASE_URL says) with an empty database "stello".
+// It is resumed, stopped and removed when the test ends.
+func NewInstance(t testing.TB) *Instance {
+	t.Helper()
+	dir, err := os.MkdirTemp(baseDir(), tmpPrefix)
+	if err != nil {
+		t.Fatalf("pgtest: create temp dir: %v", err)
+	}
+	cleanupDir := func() { _ = os.RemoveAll(dir) }
+	// The server may run as another user (when we are root): let it in.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		cleanupDir()
+		t.Fatalf("pgtest: chmod temp dir: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		cleanupDir()
+		t.Fatalf("pgtest: write owner file: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startupTimeout)
+	defer cancel()
+	inst, err := embedpg.Start(ctx, embedpg.Options{DataDir: filepath.Join(dir, "data")})
+	if err != nil {
+		cleanupDir()
+		t.Fatalf("pgtest: start private PostgreSQL: %v", err)
+	}
+	i := &Instance{inst: inst, dir: dir}
+	t.Cleanup(func() {
+		_ = i.signal(syscall.SIGCONT)
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		if err := inst.Stop(ctx); err != nil {
+			t.Errorf("pgtest: stop private PostgreSQL: %v", err)
+		}
+		cleanupDir()
+	})
+	return i
+}
+
+// URL returns the URL of the instance's database "stello".
+func (i *Instance) URL() string { return i.inst.URL() }
+
+// Pid returns the postmaster's process id.
+func (i *Instance) Pid() int { return i.inst.Pid() }
+
+// Pause stops the postmaster and every backend process with SIGSTOP:
+// connections stay open but nothing answers, like a frozen host. (Each
+// PostgreSQL child leads a session of its own, so they are signalled one by
+// one: the postmaster first, so that it forks no new one meanwhile.)
+func (i *Instance) Pause(t testing.TB) {
+	t.Helper()
+	if err := i.signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("pgtest: pause PostgreSQL: %v", err)
+	}
+}
+
+// Resume continues a paused server (SIGCONT).
+func (i *Instance) Resume(t testing.TB) {
+	t.Helper()
+	if err := i.signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("pgtest: resume PostgreSQL: %v", err)
+	}
+}
+
+func (i *Instance) signal(sig syscall.Signal) error {
+	pm := i.inst.Pid()
+	pids := append([]int{pm}, childrenOf(pm)...)
+	if sig == syscall.SIGCONT {
+		pids = append(pids[1:], pm) // children first, postmaster last
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("signal %d: %w", pid, err)
+		}
+	}
+	return nil
+}
+
+// childrenOf lists the processes whose parent is pid (from /proc).
+func childrenOf(pid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		// Fields after the command (in parentheses): state, ppid, ...
+		if j := strings.LastIndexByte(s, ')'); j >= 0 {
+			f := strings.Fields(s[j+1:])
+			if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+				out = append(out, child)
+			}
+		}
+	}
+	return out
+}
