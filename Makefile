@@ -1,7 +1,10 @@
 # Stello: the two commands of the README, plus the checks CI runs.
 GO ?= go
 
-.PHONY: run test vet staticcheck build
+.PHONY: run test fuzz vet staticcheck build
+
+# How long `make test` fuzzes each fuzz target (after its seed corpus).
+FUZZTIME ?= 5s
 
 # Run the server: embedded PostgreSQL in ./stello-data, fake model.
 run:
@@ -11,6 +14,25 @@ run:
 # (a throwaway embedded instance unless STELLO_TEST_DATABASE_URL is set).
 test:
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory fuzz
+
+# Each fuzz target of ./transport/ for FUZZTIME, seed corpus first (go test
+# fuzzes one target per run: the instrumented test binary is built once and
+# run per target, in the package directory, with the go command's fuzz
+# cache). `make fuzz FUZZTIME=10m` for a longer hunt; an input that fails is
+# written to transport/testdata/fuzz/<FuzzName>/.
+fuzz:
+	@dir=$$(mktemp -d) && bin=$$dir/transport.test && \
+	cache=$$($(GO) env GOCACHE)/fuzz/github.com/stellohq/stello/transport && \
+	$(GO) test -c -fuzz . -o $$bin ./transport/ || { rm -rf $$dir; exit 1; }; \
+	failed=""; \
+	for f in $$($$bin -test.list '^Fuzz' | grep '^Fuzz'); do \
+		echo "fuzz $$f for $(FUZZTIME)"; \
+		(cd transport && $$bin -test.run '^$$' -test.fuzz "^$$f$$" -test.fuzztime $(FUZZTIME) \
+			-test.fuzzcachedir $$cache) || failed="$$failed $$f"; \
+	done; \
+	rm -rf $$dir; \
+	if [ -n "$$failed" ]; then echo "fuzz targets failed:$$failed"; exit 1; fi
 
 vet:
 	$(GO) vet ./...

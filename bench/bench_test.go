@@ -20,7 +20,7 @@ import (
 	"github.com/stellohq/stello/space"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
 
 // TestHarnessAgainstAServer runs every scenario, scaled down, against a
 // server given by URL, as a user measuring another deployment would.

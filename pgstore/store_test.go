@@ -21,7 +21,7 @@ import (
 	"github.com/stellohq/stello/session"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
 
 // ---- helpers shared by the pgstore tests ----
 

@@ -6,4 +6,4 @@ import (
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }

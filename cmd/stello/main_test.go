@@ -15,7 +15,7 @@ import (
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a poller.
 type syncBuffer struct {

@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-func TestMain(m *testing.M) { Main(m) }
+func TestMain(m *testing.M) { leakCheckMain(m, Stop) }
 
 func must(t testing.TB, err error, what string) {
 	t.Helper()
