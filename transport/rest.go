@@ -38,6 +38,14 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 // decodeJSON decodes a JSON object, naming in API terms the field that is
 // wrong, and refuses text that would not be kept exactly as sent.
 func decodeJSON(b []byte, v any) error {
+	if !json.Valid(b) {
+		var probe any
+		err := json.Unmarshal(b, &probe)
+		return apiErr(http.StatusBadRequest, "BAD_REQUEST", fmt.Sprintf("malformed JSON: %v", err))
+	}
+	if err := checkJSONText(b, jsonFields(v)); err != nil {
+		return err
+	}
 	if err := json.Unmarshal(b, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
@@ -49,7 +57,7 @@ func decodeJSON(b []byte, v any) error {
 		}
 		return apiErr(http.StatusBadRequest, "BAD_REQUEST", "malformed JSON: the body must be a JSON object")
 	}
-	return checkJSONText("", b)
+	return nil
 }
 
 func jsonKind(k string) string {

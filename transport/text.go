@@ -1,72 +1,140 @@
 package transport
 
 import (
-	"bytes"
-	"encoding/json"
+	"reflect"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
-// checkJSONText walks a JSON value and refuses, naming the field, text that
-// encoding/json would otherwise accept by changing it: invalid UTF-8 and
-// lone surrogate escapes (both silently become U+FFFD) and the NUL
-// character (which PostgreSQL text cannot hold). Keys are checked too.
-// path is the field's name in API terms ("" for the body itself).
-func checkJSONText(path string, raw json.RawMessage) error {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return nil
+// maxJSONDepth bounds how deeply a body or message may nest.
+const maxJSONDepth = 64
+
+// checkJSONText scans a syntactically valid JSON document once and refuses,
+// naming the field, text that encoding/json would otherwise accept by
+// changing it: invalid UTF-8 and lone surrogate escapes (both silently
+// become U+FFFD) and the NUL character (which PostgreSQL text cannot hold),
+// in keys and values alike; and nesting deeper than maxJSONDepth. Only the
+// top-level fields in known are checked (nil: all): unknown fields are
+// ignored, as everywhere else.
+func checkJSONText(b []byte, known map[string]bool) error {
+	type frame struct {
+		obj       bool
+		expectKey bool
+		key       string
+		idx       int
 	}
-	switch raw[0] {
-	case '{':
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(raw, &obj) != nil {
-			return nil // malformed JSON is reported by the decoder
-		}
-		for k, v := range obj {
-			p := k
-			if path != "" {
-				p = path + "." + k
-			}
-			if msg := badText([]byte(k)); msg != "" {
-				return badField(displayPath(path, "(a key)"), msg)
-			}
-			if err := checkJSONText(p, v); err != nil {
-				return err
+	var stack []frame
+	path := func() string {
+		var sb strings.Builder
+		for i, f := range stack {
+			switch {
+			case f.obj:
+				if i > 0 {
+					sb.WriteByte('.')
+				}
+				sb.WriteString(f.key)
+			default:
+				sb.WriteString("[" + strconv.Itoa(f.idx) + "]")
 			}
 		}
-	case '[':
-		var arr []json.RawMessage
-		if json.Unmarshal(raw, &arr) != nil {
-			return nil
+		if sb.Len() == 0 {
+			return "body"
 		}
-		for i, v := range arr {
-			if err := checkJSONText(path+"["+strconv.Itoa(i)+"]", v); err != nil {
-				return err
+		return sb.String()
+	}
+	skipped := func() bool {
+		return known != nil && len(stack) > 0 && stack[0].obj && !stack[0].expectKey && !known[stack[0].key]
+	}
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '{', '[':
+			if len(stack) >= maxJSONDepth {
+				return badField(path(), "is nested too deeply (at most "+strconv.Itoa(maxJSONDepth)+" levels)")
 			}
-		}
-	case '"':
-		if msg := badText(raw); msg != "" {
-			return badField(displayPath(path, "body"), msg)
+			stack = append(stack, frame{obj: c == '{', expectKey: c == '{'})
+		case '}', ']':
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+		case ',':
+			if n := len(stack); n > 0 {
+				if stack[n-1].obj {
+					stack[n-1].expectKey = true
+				} else {
+					stack[n-1].idx++
+				}
+			}
+		case ':':
+			if n := len(stack); n > 0 {
+				stack[n-1].expectKey = false
+			}
+		case '"':
+			j := i + 1
+			for j < len(b) && b[j] != '"' {
+				if b[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			if j >= len(b) {
+				return nil // unterminated: the decoder reports it
+			}
+			raw := b[i+1 : j]
+			n := len(stack)
+			if n > 0 && stack[n-1].obj && stack[n-1].expectKey {
+				if msg := badText(raw); msg != "" && (known == nil || n > 1) {
+					return badField(path()+" (a key)", msg)
+				}
+				key := string(raw)
+				if uq, err := strconv.Unquote(`"` + key + `"`); err == nil {
+					key = uq
+				}
+				stack[n-1].key = key
+			} else if !skipped() {
+				if msg := badText(raw); msg != "" {
+					return badField(path(), msg)
+				}
+			}
+			i = j
 		}
 	}
 	return nil
 }
 
-func displayPath(path, dflt string) string {
-	if path == "" {
-		return dflt
+// jsonFields returns the JSON field names of the struct v points to, or
+// nil (check everything) for anything else.
+func jsonFields(v any) map[string]bool {
+	t := reflect.TypeOf(v)
+	if t == nil || t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
+		return nil
 	}
-	return path
+	t = t.Elem()
+	out := make(map[string]bool, t.NumField())
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = true
+	}
+	return out
 }
 
-// badText inspects an encoded JSON string (quotes included or not) and
-// says what is wrong with it, or "".
+// badText inspects the inside of an encoded JSON string and says what is
+// wrong with it, or "".
 func badText(s []byte) string {
 	if !utf8.Valid(s) {
 		return "must be valid UTF-8"
 	}
 	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return "must not contain the NUL character (\\u0000)"
+		}
 		if s[i] != '\\' || i+1 >= len(s) {
 			continue
 		}

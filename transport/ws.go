@@ -450,7 +450,7 @@ func (c *wsConn) handle(data []byte) {
 		return
 	}
 	if len(bytes.TrimSpace(data)) == 0 || bytes.TrimSpace(data)[0] != '{' {
-		c.fail(nil, "BAD_REQUEST", "a message must be a JSON object")
+		c.fail(nil, "BAD_REQUEST", "type is required: a message must be a JSON object with a type field")
 		return
 	}
 	if err := decodeJSON(data, &m); err != nil {
