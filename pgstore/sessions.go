@@ -3,10 +3,12 @@ package pgstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/session"
@@ -173,6 +175,9 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 		b.Queue(`UPDATE session_data SET insight = NULL WHERE space_id = $1 AND session_id = $2 AND insight = $3`,
 			c.SpaceID, c.SessionID, *c.ConsumedInsight)
 	}
+	if c.Log != nil {
+		queueTurnLog(b, *c.Log)
+	}
 	var turns int
 	var ids []int64
 	err := func() error {
@@ -206,12 +211,21 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 				return err
 			}
 		}
+		if c.Log != nil {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
 		return br.Close()
 	}()
 	if err == nil && len(ids) != len(c.Records) {
 		err = fmt.Errorf("wrote %d of %d records", len(ids), len(c.Records))
 	}
 	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "turns_idempotency_idx" {
+			return 0, nil, fmt.Errorf("commit turn: the idempotency key completed another turn meanwhile: %w", session.ErrConflict)
+		}
 		return 0, nil, wrap(ctx, "commit turn", err)
 	}
 	return turns, ids, nil

@@ -72,6 +72,9 @@ type TurnRequest struct {
 	// the cached summary); nil makes the engine read it from the store.
 	// The engine never modifies it.
 	History *History
+	// Log, if not nil, is the turn's row in the turn log; it commits with
+	// the turn.
+	Log *TurnLog
 }
 
 // History is a session's conversation as the model sees it: the summary of
@@ -90,6 +93,8 @@ type History struct {
 
 // TurnResult is the outcome of a committed turn.
 type TurnResult struct {
+	// TurnID is the turn's id (set by whoever scheduled the turn).
+	TurnID            string
 	FinalContent      *string
 	ToolRoundCount    int
 	ToolCallsExecuted int
@@ -165,7 +170,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 		recs[i].CreatedAt = at
 	}
 	turns, ids, err := e.store.CommitTurn(ctx, TurnCommit{SpaceID: req.Space.ID, SessionID: req.Session.Meta.ID,
-		Records: recs, ConsumedInsight: req.Session.Data.Insight, At: at})
+		Records: recs, ConsumedInsight: req.Session.Data.Insight, At: at, Log: req.Log.completed(res, at)})
 	if err != nil {
 		return TurnResult{}, ctxErr(ctx, err)
 	}

@@ -221,6 +221,8 @@ type TurnCommit struct {
 	// cleared unless integration replaced it meanwhile.
 	ConsumedInsight *string
 	At              time.Time
+	// Log is the turn's row in the turn log (nil: none).
+	Log *TurnLog
 }
 
 // State is one session: its metadata and data slots.

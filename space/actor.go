@@ -10,13 +10,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/actor"
+	"github.com/stellohq/stello/internal/apierr"
 	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/session"
 )
 
 // ErrUnavailable means the server is shutting down or the space could not
 // be loaded because the database is unreachable.
-var ErrUnavailable = errors.New("unavailable")
+var ErrUnavailable = apierr.ErrUnavailable
 
 // Conn is a live connection bound to a space (a WebSocket).
 type Conn interface {
@@ -66,6 +67,11 @@ type spaceActor struct {
 	writes  []*writeOp // writes waiting behind the running one
 	writing bool
 
+	runs      map[string]*turnRun    // queued and running turns by id
+	keys      map[string]*turnRun    // live turns by session and idempotency key
+	keyChecks map[string][]*turnCall // turns waiting for the database about their key
+	subs      map[Conn]struct{}      // connections subscribed to space events
+
 	mem memState // consolidation / integration bookkeeping
 }
 
@@ -92,6 +98,9 @@ func (s *spaceActor) Receive(msg any) {
 		return
 	case *writeDone:
 		s.finishWrite(m)
+		return
+	case *keyChecked:
+		s.finishKeyCheck(m)
 		return
 	case integrateTick:
 		s.maybeIntegrate()
@@ -120,7 +129,7 @@ func (s *spaceActor) Receive(msg any) {
 		}
 		s.enqueueWrite(m)
 	case *turnCall:
-		s.startOrQueue(m)
+		s.submit(m)
 	default:
 		s.logger().Error("unknown message", zap.String("type", fmt.Sprintf("%T", msg)))
 	}
@@ -212,15 +221,22 @@ func (s *spaceActor) Stopped(err error) {
 		w.answer(nil, err)
 	}
 	s.writes = nil
+	for _, calls := range s.keyChecks {
+		for _, tc := range calls {
+			tc.fail(err)
+		}
+	}
+	s.keyChecks = nil
 	if s.tree != nil {
 		for _, n := range s.tree.nodes {
-			for _, tc := range n.queue {
-				tc.fail(err)
+			for _, r := range n.queue {
+				r.finish(session.TurnResult{TurnID: r.log.ID}, err)
 			}
 			n.queue = nil
 		}
 	}
 	s.conns = nil
+	s.subs = nil
 }
 
 // Reject implements actor.Behavior. It may run after the actor stopped, on
@@ -239,10 +255,14 @@ func (s *spaceActor) Reject(msg any, err error) {
 		// is still a success; one that failed (its context was cancelled
 		// by the stop) answers why the space stopped.
 		if m.err != nil {
-			m.call.fail(err)
+			m.run.finish(session.TurnResult{TurnID: m.run.log.ID}, err)
 		} else {
-			m.call.succeed(m.res)
+			res := m.res
+			res.TurnID = m.run.log.ID
+			m.run.finish(res, nil)
 		}
+	case *keyChecked:
+		// Its callers were answered by Stopped.
 	case *writeDone:
 		if m.err != nil {
 			m.w.answer(nil, err)
@@ -312,7 +332,11 @@ func (s *spaceActor) forkWrite(parentID string, o session.ForkOptions) (commitFn
 	commit := func(ctx context.Context) (any, error) {
 		return nil, store.CreateSession(ctx, st, o.Context == "inherit", o.Prompt)
 	}
-	apply := func(s *spaceActor, _ any) (any, error) { return s.tree.add(st).view(), nil }
+	apply := func(s *spaceActor, _ any) (any, error) {
+		n := s.tree.add(st)
+		s.publish(SpaceEvent{Event: EventSessionCreated, SessionID: n.meta.ID, Session: viewPtr(n)})
+		return n.view(), nil
+	}
 	return commit, apply, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -35,6 +36,9 @@ type Options struct {
 	WriteTimeout time.Duration
 	// Guard logs and counts recovered panics (default: a private one).
 	Guard *guard.Guard
+	// TurnLogSweep is how often expired failed and cancelled turns are
+	// deleted from the turn log (default 1h).
+	TurnLogSweep time.Duration
 }
 
 // Manager is the handle on every space actor: the agent pool.
@@ -46,6 +50,8 @@ type Manager struct {
 	sys    *actor.System
 	loads  chan struct{} // semaphore of space loads
 	met    metrics
+
+	sweeping sync.WaitGroup
 }
 
 // NewManager starts the actor system. engine may be nil, in which case
@@ -72,6 +78,9 @@ func NewManager(opts Options, store Store, engine Engine, log *zap.Logger) *Mana
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 15 * time.Second
 	}
+	if opts.TurnLogSweep <= 0 {
+		opts.TurnLogSweep = time.Hour
+	}
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -81,6 +90,8 @@ func NewManager(opts Options, store Store, engine Engine, log *zap.Logger) *Mana
 	m := &Manager{opts: opts, store: store, engine: engine, log: log, loads: make(chan struct{}, opts.MaxConcurrentLoads),
 		met: newMetrics()}
 	m.sys = actor.NewSystem(actor.Options{IdleTTL: opts.IdleTTL, MailboxSize: opts.MailboxSize, Guard: opts.Guard}, m.newActor)
+	m.sweeping.Add(1)
+	go m.sweepTurnLogs()
 	return m
 }
 
@@ -94,7 +105,48 @@ func (m *Manager) Len() int { return m.sys.Len() }
 func (m *Manager) Evict(spaceID string) bool { return m.sys.Evict(spaceID) }
 
 // Close stops every actor and waits for running tasks, or until ctx ends.
-func (m *Manager) Close(ctx context.Context) error { return m.sys.Close(ctx) }
+func (m *Manager) Close(ctx context.Context) error {
+	err := m.sys.Close(ctx)
+	m.sweeping.Wait()
+	return err
+}
+
+// TurnLogRetention is how long failed and cancelled turns stay in the turn
+// log (completed ones stay as long as their session).
+const TurnLogRetention = 24 * time.Hour
+
+// sweepTurnLogs deletes expired failed and cancelled turns, at start-up
+// and then every TurnLogSweep, until the manager closes.
+func (m *Manager) sweepTurnLogs() {
+	defer m.sweeping.Done()
+	t := time.NewTicker(m.opts.TurnLogSweep)
+	defer t.Stop()
+	ctx := m.sys.Context()
+	for {
+		m.sweepOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Manager) sweepOnce(ctx context.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = m.opts.Guard.Caught("turnlog.sweep", v)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, m.opts.WriteTimeout)
+	defer cancel()
+	n, err := m.store.DeleteExpiredTurnLogs(ctx, time.Now().Add(-TurnLogRetention))
+	if err != nil && ctx.Err() == nil {
+		m.log.Warn("sweep the turn log", zap.Error(err))
+	} else if n > 0 {
+		m.log.Info("swept the turn log", zap.Int64("deleted", n))
+	}
+}
 
 // do runs fn on the space's actor after the ownership check and waits for
 // its answer. An id that is not a UUID is ErrNotFound.
@@ -165,6 +217,7 @@ func (m *Manager) UpdateSpace(ctx context.Context, userID, spaceID string, p ses
 			s.space = sp
 			if p.SetSystemPrompt {
 				s.tree.root.data.SystemPrompt = p.SystemPrompt
+				s.publish(SpaceEvent{Event: EventSessionUpdated, SessionID: s.tree.root.meta.ID, Session: viewPtr(s.tree.root)})
 			}
 			return sp, nil
 		}
@@ -242,6 +295,7 @@ func (m *Manager) Archive(ctx context.Context, userID, spaceID, sessionID string
 		apply := func(s *spaceActor, v any) (any, error) {
 			n.meta.Status = session.StatusArchived
 			n.meta.UpdatedAt = v.(time.Time)
+			s.publish(SpaceEvent{Event: EventSessionArchived, SessionID: n.meta.ID, Session: viewPtr(n)})
 			return n.view(), nil
 		}
 		return commit, apply, nil
@@ -272,8 +326,16 @@ func (m *Manager) SetSlot(ctx context.Context, userID, spaceID, sessionID string
 		commit := func(ctx context.Context) (any, error) {
 			return nil, m.store.SetSlot(ctx, spaceID, sessionID, slot, &content)
 		}
-		apply := func(*spaceActor, any) (any, error) {
+		apply := func(s *spaceActor, _ any) (any, error) {
 			n.data.Set(slot, &content)
+			ev := EventSessionUpdated
+			switch slot {
+			case session.SlotMemory:
+				ev = EventMemoryUpdated
+			case session.SlotInsight:
+				ev = EventInsightUpdated
+			}
+			s.publish(SpaceEvent{Event: ev, SessionID: n.meta.ID, Session: viewPtr(n)})
 			return &content, nil
 		}
 		return commit, apply, nil
@@ -322,6 +384,7 @@ func (m *Manager) Attach(ctx context.Context, userID, spaceID string, c Conn) er
 func (m *Manager) Detach(spaceID string, c Conn) {
 	m.sys.Tell(spaceID, &call{fn: func(s *spaceActor) (any, error) {
 		delete(s.conns, c)
+		delete(s.subs, c)
 		return nil, nil
 	}, reply: make(chan result, 1)})
 }

@@ -124,6 +124,7 @@ func (s *spaceActor) finishMemory(d *memoryDone) {
 		if ok && d.cons.Changed {
 			n.data.Memory = d.cons.Memory
 			n.data.MemoryVersion = d.cons.Version
+			s.publish(SpaceEvent{Event: EventMemoryUpdated, SessionID: n.meta.ID, Session: viewPtr(n)})
 			if n.meta.Role != session.RoleMain {
 				s.scheduleIntegration()
 			}
@@ -138,10 +139,12 @@ func (s *spaceActor) finishMemory(d *memoryDone) {
 			syn := d.integ.Synthesis
 			s.tree.root.data.Memory = &syn
 			s.tree.root.data.MemoryVersion = d.integ.RootVersion
+			s.publish(SpaceEvent{Event: EventMemoryUpdated, SessionID: s.tree.root.meta.ID, Session: viewPtr(s.tree.root)})
 			for _, in := range d.integ.Insights {
 				if n, ok := s.tree.nodes[in.SessionID]; ok {
 					c := in.Content
 					n.data.Insight = &c
+					s.publish(SpaceEvent{Event: EventInsightUpdated, SessionID: n.meta.ID, Session: viewPtr(n)})
 				}
 			}
 		}

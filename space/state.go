@@ -12,8 +12,8 @@ type node struct {
 	data     session.Data
 	children []string // ids ordered by index
 
-	running bool        // a turn is running on this session
-	queue   []*turnCall // turns waiting behind it, in arrival order
+	current *turnRun   // the turn running on this session
+	queue   []*turnRun // turns waiting behind it, in arrival order
 
 	// hist caches the session's history (summary and the records after
 	// it) once a turn has run, so later turns read nothing from the

@@ -21,4 +21,8 @@ type Store interface {
 	ArchiveSession(ctx context.Context, spaceID, sessionID string) (time.Time, error)
 	SetSlot(ctx context.Context, spaceID, sessionID string, slot session.Slot, content *string) error
 	ListRecords(ctx context.Context, spaceID, sessionID string, limit, offset int) ([]session.Record, error)
+	LogTurn(ctx context.Context, l session.TurnLog) error
+	TurnLog(ctx context.Context, spaceID, sessionID, turnID string) (session.TurnLog, error)
+	CompletedTurnByKey(ctx context.Context, spaceID, sessionID, key string) (session.TurnLog, bool, error)
+	DeleteExpiredTurnLogs(ctx context.Context, before time.Time) (int64, error)
 }

@@ -8,71 +8,22 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/stellohq/stello/llm"
-	"github.com/stellohq/stello/pgstore"
-	"github.com/stellohq/stello/session"
-	"github.com/stellohq/stello/space"
+	"github.com/stellohq/stello/internal/apierr"
 )
 
 // APIError is the body of every error response.
-type APIError struct {
-	Status  int    `json:"-"`
-	Message string `json:"error"`
-	Code    string `json:"code"`
-}
+type APIError = apierr.Error
 
-func (e *APIError) Error() string { return e.Code + ": " + e.Message }
+func apiErr(status int, code, msg string) *APIError { return apierr.New(status, code, msg) }
 
-func apiErr(status int, code, msg string) *APIError {
-	return &APIError{Status: status, Code: code, Message: msg}
-}
+// classify maps any error to the API's status, code and a safe message.
+func classify(err error) *APIError { return apierr.Classify(err) }
 
 var (
 	errUnauthorized = apiErr(http.StatusUnauthorized, "UNAUTHORIZED", "missing, unknown or revoked API key")
 	errNotFound     = apiErr(http.StatusNotFound, "NOT_FOUND", "not found")
 	errUnavailable  = apiErr(http.StatusServiceUnavailable, "UNAVAILABLE", "service unavailable: shutting down or database unreachable")
 )
-
-// classify maps any error to the API's status, code and a message safe to
-// show. It is the one place where errors become codes.
-func classify(err error) *APIError {
-	var ae *APIError
-	var fe *session.FieldError
-	var pe *llm.ProviderError
-	switch {
-	case errors.As(err, &ae):
-		return ae
-	case errors.As(err, &fe):
-		return apiErr(http.StatusBadRequest, "BAD_REQUEST", fe.Error())
-	case errors.Is(err, session.ErrInvalid):
-		return apiErr(http.StatusBadRequest, "BAD_REQUEST", err.Error())
-	case errors.Is(err, session.ErrNotFound):
-		return apiErr(http.StatusNotFound, "NOT_FOUND", "no such space, or no such session in this space")
-	case errors.Is(err, session.ErrForbidden):
-		return apiErr(http.StatusForbidden, "FORBIDDEN", "this space belongs to another user")
-	case errors.Is(err, session.ErrArchived):
-		return apiErr(http.StatusConflict, "SESSION_ARCHIVED", "the session is archived")
-	case errors.Is(err, session.ErrConflict):
-		return apiErr(http.StatusConflict, "CONFLICT", err.Error())
-	case errors.Is(err, session.ErrBusy):
-		return apiErr(http.StatusTooManyRequests, "BUSY", "too many requests queued; retry shortly")
-	case errors.Is(err, pgstore.ErrUnavailable):
-		// Before the timeout case: a statement that exceeded the database
-		// statement timeout carries context.DeadlineExceeded too.
-		return errUnavailable
-	case errors.Is(err, llm.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-		return apiErr(http.StatusGatewayTimeout, "TIMEOUT", "the turn exceeded its deadline; nothing was persisted")
-	case errors.As(err, &pe):
-		return apiErr(http.StatusBadGateway, "LLM_ERROR", "model provider failed: "+pe.Error())
-	case errors.Is(err, llm.ErrProvider):
-		return apiErr(http.StatusBadGateway, "LLM_ERROR", err.Error())
-	case errors.Is(err, session.ErrToolLimit):
-		return apiErr(http.StatusBadGateway, "LLM_ERROR", err.Error()+"; nothing was persisted")
-	case errors.Is(err, space.ErrUnavailable), errors.Is(err, space.ErrNoEngine):
-		return errUnavailable
-	}
-	return apiErr(http.StatusInternalServerError, "INTERNAL", "internal error")
-}
 
 // wsCode maps an error to a WebSocket error code.
 func wsCode(err error) (string, string) {

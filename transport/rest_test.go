@@ -852,7 +852,8 @@ func TestRESTTurn(t *testing.T) {
 
 	r := e.c.do("POST", path+"/turn", map[string]any{"input": "hello"})
 	m := restOK[map[string]any](t, r, http.StatusOK)
-	assert.Equal(t, []string{"turn"}, restKeys(m))
+	assert.Equal(t, []string{"turn", "turnId"}, restKeys(m))
+	assert.Equal(t, r.Header.Get("Stello-Turn-Id"), m["turnId"], "the header names the turn of the result")
 	turn := m["turn"].(map[string]any)
 	assert.Equal(t, []string{"finalContent", "rawResponse", "toolCallsExecuted", "toolRoundCount"}, restKeys(turn))
 	assert.Equal(t, "Echo: hello", turn["finalContent"])
@@ -926,9 +927,14 @@ func TestRESTTurnStream(t *testing.T) {
 			cur = event{}
 		}
 	}
-	require.GreaterOrEqual(t, len(evs), 2)
+	require.GreaterOrEqual(t, len(evs), 3)
+	require.Equal(t, "start", evs[0].name, "the first event names the turn")
+	var start map[string]string
+	require.NoError(t, json.Unmarshal([]byte(evs[0].data), &start))
+	assert.NotEmpty(t, start["turnId"])
+	assert.Equal(t, root, start["sessionId"])
 	var text strings.Builder
-	for _, ev := range evs[:len(evs)-1] {
+	for _, ev := range evs[1 : len(evs)-1] {
 		require.Equal(t, "delta", ev.name)
 		var d map[string]string
 		require.NoError(t, json.Unmarshal([]byte(ev.data), &d))

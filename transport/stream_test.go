@@ -46,8 +46,12 @@ func TestSSEClientGoneMidStreamTurnPersists(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
 	sc := bufio.NewScanner(resp.Body)
+	event := ""
 	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "data: ") {
+		if strings.HasPrefix(sc.Text(), "event: ") {
+			event = strings.TrimPrefix(sc.Text(), "event: ")
+		}
+		if strings.HasPrefix(sc.Text(), "data: ") && event == "delta" {
 			assert.JSONEq(t, `{"chunk":"one "}`, strings.TrimPrefix(sc.Text(), "data: "))
 			break
 		}

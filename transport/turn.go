@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
 
+	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
 )
 
@@ -21,28 +24,38 @@ import (
 // (the turn itself goes on).
 type deltaBuffer struct {
 	mu         sync.Mutex
-	chunks     []string
+	chunks     []sseDelta
 	size       int
 	max        int
 	overflowed bool
 	notify     chan struct{}
 }
 
+// sseDelta is a chunk and the offset (code points) just after it.
+type sseDelta struct {
+	chunk  string
+	offset int
+}
+
 func newDeltaBuffer(max int) *deltaBuffer {
 	return &deltaBuffer{notify: make(chan struct{}, 1), max: max}
 }
 
-func (d *deltaBuffer) push(chunk string) {
+func (d *deltaBuffer) push(chunk string, offset int) {
 	d.mu.Lock()
 	if d.overflowed || d.size+len(chunk) > d.max {
 		d.overflowed = true
 		d.chunks = nil
 		d.size = 0
 	} else {
-		d.chunks = append(d.chunks, chunk)
+		d.chunks = append(d.chunks, sseDelta{chunk, offset})
 		d.size += len(chunk)
 	}
 	d.mu.Unlock()
+	d.wake()
+}
+
+func (d *deltaBuffer) wake() {
 	select {
 	case d.notify <- struct{}{}:
 	default:
@@ -50,13 +63,50 @@ func (d *deltaBuffer) push(chunk string) {
 }
 
 // drain takes the waiting chunks; ok is false once the buffer overflowed.
-func (d *deltaBuffer) drain() (chunks []string, ok bool) {
+func (d *deltaBuffer) drain() (chunks []sseDelta, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := d.chunks
 	d.chunks = nil
 	d.size = 0
 	return c, !d.overflowed
+}
+
+// sseFollower is what an SSE response follows: the turn's id, its deltas
+// and its outcome, handed over without blocking the turn.
+type sseFollower struct {
+	buf     *deltaBuffer
+	mu      sync.Mutex
+	turnID  string
+	started chan struct{}
+	done    chan struct{}
+	res     session.TurnResult
+	err     error
+	once    sync.Once
+}
+
+func newSSEFollower(max int) *sseFollower {
+	return &sseFollower{buf: newDeltaBuffer(max), started: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (f *sseFollower) follower() space.Follower {
+	return space.Follower{
+		OnStart: func(id string) {
+			f.mu.Lock()
+			if f.turnID == "" {
+				f.turnID = id
+				close(f.started)
+			}
+			f.mu.Unlock()
+		},
+		OnDelta: f.buf.push,
+		Then: func(res session.TurnResult, err error) {
+			f.once.Do(func() {
+				f.res, f.err = res, err
+				close(f.done)
+			})
+		},
+	}
 }
 
 type turnBody struct {
@@ -67,9 +117,27 @@ func wantsSSE(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 }
 
+// turnOptions reads ifBusy and Idempotency-Key.
+func turnOptions(r *http.Request) (space.TurnOptions, error) {
+	o := space.TurnOptions{IfBusy: r.URL.Query().Get("ifBusy"), IdempotencyKey: r.Header.Get("Idempotency-Key")}
+	if err := space.ValidateTurnOptions(o); err != nil {
+		var fe *session.FieldError
+		if errors.As(err, &fe) && fe.Field == "idempotencyKey" {
+			fe.Field = "Idempotency-Key"
+		}
+		return o, err
+	}
+	return o, nil
+}
+
 // turn runs a turn. A client that goes away does not cancel it: the turn
 // completes and is persisted, and its result is dropped.
 func (s *Server) turn(w http.ResponseWriter, r *http.Request) {
+	o, err := turnOptions(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var b turnBody
 	if err := s.decode(w, r, &b); err != nil {
 		s.writeError(w, r, err)
@@ -79,8 +147,20 @@ func (s *Server) turn(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badField("input", "is required and must be non-empty"))
 		return
 	}
-	if !wantsSSE(r) {
-		res, err := s.spaces.Turn(r.Context(), userID(r), spaceID(r), sessionID(r), *b.Input, nil)
+	f := newSSEFollower(s.opts.SSEQueueBytes)
+	o.Follower = f.follower()
+	sse := wantsSSE(r)
+	if !sse {
+		o.Follower.OnDelta = nil
+	}
+	p, err := s.spaces.SubmitTurn(r.Context(), userID(r), spaceID(r), sessionID(r), *b.Input, o)
+	if err != nil {
+		s.writeError(w, r, err) // nothing was streamed yet: an ordinary JSON error
+		return
+	}
+	w.Header().Set("Stello-Turn-Id", p.ID)
+	if !sse {
+		res, err := p.Wait(r.Context())
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -88,83 +168,126 @@ func (s *Server) turn(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, toTurn(res))
 		return
 	}
-	s.streamTurn(w, r, *b.Input)
+	s.streamSSE(w, r, f, sessionID(r), 0)
 }
 
-// streamTurn answers a turn as Server-Sent Events. Every stream ends with
-// `end` or `error`; a client that stops reading is disconnected (bounded
-// buffer, write deadline) without cancelling the turn.
-func (s *Server) streamTurn(w http.ResponseWriter, r *http.Request, input string) {
-	buf := newDeltaBuffer(s.opts.SSEQueueBytes)
-	p, err := s.spaces.SubmitTurn(userID(r), spaceID(r), sessionID(r), input, space.TurnOptions{OnDelta: buf.push})
+// getTurn answers GET …/turns/:turnId.
+func (s *Server) getTurn(w http.ResponseWriter, r *http.Request) {
+	l, err := s.spaces.GetTurn(r.Context(), userID(r), spaceID(r), sessionID(r), chi.URLParam(r, "turnId"))
 	if err != nil {
-		s.writeError(w, r, err) // nothing was streamed yet: an ordinary JSON error
+		s.writeError(w, r, err)
 		return
 	}
-	rc := http.NewResponseController(w)
-	started := false
-	start := func() {
-		if started {
-			return
-		}
-		started = true
-		h := w.Header()
-		h.Set("Content-Type", "text/event-stream")
-		h.Set("Cache-Control", "no-cache")
-		h.Set("X-Accel-Buffering", "no")
-		w.WriteHeader(http.StatusOK)
+	writeJSON(w, http.StatusOK, toTurnObject(l))
+}
+
+// cancelTurn answers POST …/turns/:turnId/cancel with 202 and the turn as
+// it ended.
+func (s *Server) cancelTurn(w http.ResponseWriter, r *http.Request) {
+	l, err := s.spaces.CancelTurn(r.Context(), userID(r), spaceID(r), sessionID(r), chi.URLParam(r, "turnId"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
-	// flush writes what is waiting within the write deadline; false means
-	// the client is gone or too slow.
+	writeJSON(w, http.StatusAccepted, toTurnObject(l))
+}
+
+// ParseOffset reads a resume offset (Last-Event-ID or ?from=): a
+// non-negative decimal integer of at most 18 digits.
+func ParseOffset(v string) (int, error) {
+	if v == "" {
+		return 0, nil
+	}
+	if len(v) > 18 {
+		return 0, errors.New("too large")
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || strings.TrimSpace(v) != v || v[0] == '+' {
+		return 0, errors.New("not a non-negative integer")
+	}
+	return n, nil
+}
+
+// turnStream answers GET …/turns/:turnId/stream: the turn's stream from an
+// offset (Last-Event-ID, else ?from=), live or from the turn log.
+func (s *Server) turnStream(w http.ResponseWriter, r *http.Request) {
+	field, v := "Last-Event-ID", r.Header.Get("Last-Event-ID")
+	if v == "" {
+		field, v = "from", r.URL.Query().Get("from")
+	}
+	from, err := ParseOffset(v)
+	if err != nil {
+		s.writeError(w, r, badField(field, "must be a non-negative integer (a code point offset)"))
+		return
+	}
+	f := newSSEFollower(s.opts.SSEQueueBytes)
+	if err := s.spaces.FollowTurn(r.Context(), userID(r), spaceID(r), sessionID(r), chi.URLParam(r, "turnId"), from, f.follower()); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.streamSSE(w, r, f, sessionID(r), from)
+}
+
+// streamSSE writes a followed turn as Server-Sent Events: start, deltas
+// with their offsets as ids, then end or error. Every stream ends with
+// `end` or `error`; a client that stops reading is disconnected (bounded
+// buffer, write deadline) without cancelling the turn.
+func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollower, sessionID string, from int) {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	offset := from
+	// flush writes within the write deadline; false: the client is gone or
+	// too slow.
 	flush := func(events func() error) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.opts.WSWriteTimeout))
 		if err := events(); err != nil {
 			return false
 		}
-		if started && rc.Flush() != nil {
-			return false
-		}
-		return true
+		return rc.Flush() == nil
+	}
+	<-f.started // set before SubmitTurn or FollowTurn returned
+	if !flush(func() error {
+		return writeEvent(w, "start", "", map[string]string{"turnId": f.turnID, "sessionId": sessionID})
+	}) {
+		return
 	}
 	writeDeltas := func() error {
-		chunks, ok := buf.drain()
+		chunks, ok := f.buf.drain()
 		if !ok {
 			s.log.Info("dropping slow SSE client", zap.String("space", spaceID(r)))
 			return errSlowClient
 		}
 		for _, c := range chunks {
-			start()
-			if err := writeEvent(w, "delta", map[string]string{"chunk": c}); err != nil {
+			offset = c.offset
+			if err := writeEvent(w, "delta", strconv.Itoa(c.offset), map[string]string{"chunk": c.chunk}); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	fail := func(err error) {
-		if !started {
-			s.writeError(w, r, err)
-			return
-		}
-		flush(func() error { return writeEvent(w, "error", classify(err)) })
+		flush(func() error { return writeEvent(w, "error", strconv.Itoa(offset), classify(err)) })
 	}
 	for {
 		select {
-		case <-buf.notify:
+		case <-f.buf.notify:
 			if !flush(writeDeltas) {
 				return // client gone or too slow; the turn goes on
 			}
-		case <-p.Done():
-			res, err := p.Result()
+		case <-f.done:
 			if !flush(writeDeltas) {
 				return
 			}
-			if err != nil {
-				fail(err)
+			if f.err != nil {
+				fail(f.err)
 				return
 			}
 			flush(func() error {
-				start()
-				return writeEvent(w, "end", map[string]any{"result": toTurn(res)})
+				return writeEvent(w, "end", strconv.Itoa(offset), map[string]any{"result": toTurn(f.res)})
 			})
 			return
 		case <-s.aborting:
@@ -178,11 +301,15 @@ func (s *Server) streamTurn(w http.ResponseWriter, r *http.Request, input string
 
 var errSlowClient = errors.New("client too slow")
 
-func writeEvent(w http.ResponseWriter, event string, v any) error {
+func writeEvent(w http.ResponseWriter, event, id string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+	if id != "" {
+		_, err = fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", id, event, b)
+	} else {
+		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+	}
 	return err
 }

@@ -122,7 +122,8 @@ func toMessage(r session.Record) Message {
 
 // TurnResult is the wire form of EngineTurnResult.
 type TurnResult struct {
-	Turn Turn `json:"turn"`
+	TurnID string `json:"turnId,omitempty"`
+	Turn   Turn   `json:"turn"`
 }
 
 // Turn is the inner object of EngineTurnResult.
@@ -134,7 +135,7 @@ type Turn struct {
 }
 
 func toTurn(r session.TurnResult) TurnResult {
-	return TurnResult{Turn: Turn{FinalContent: r.FinalContent, ToolRoundCount: r.ToolRoundCount,
+	return TurnResult{TurnID: r.TurnID, Turn: Turn{FinalContent: r.FinalContent, ToolRoundCount: r.ToolRoundCount,
 		ToolCallsExecuted: r.ToolCallsExecuted, RawResponse: r.RawResponse}}
 }
 
@@ -166,4 +167,34 @@ type BootstrapContext struct {
 func toBootstrap(b space.Bootstrap) Bootstrap {
 	return Bootstrap{Context: BootstrapContext{Core: b.Core, Memories: b.Memories, CurrentMemory: b.CurrentMemory, Scope: b.Scope},
 		Session: toMeta(b.Session)}
+}
+
+// TurnObject is a turn as GET …/turns/:turnId shows it.
+type TurnObject struct {
+	TurnID     string      `json:"turnId"`
+	SessionID  string      `json:"sessionId"`
+	State      string      `json:"state"`
+	Input      string      `json:"input"`
+	CreatedAt  string      `json:"createdAt"`
+	FinishedAt *string     `json:"finishedAt"`
+	Result     *TurnResult `json:"result"`
+	Error      *APIError   `json:"error"`
+}
+
+func toTurnObject(l session.TurnLog) TurnObject {
+	o := TurnObject{TurnID: l.ID, SessionID: l.SessionID, State: l.State, Input: l.Input, CreatedAt: ts(l.CreatedAt)}
+	if l.FinishedAt != nil {
+		f := ts(*l.FinishedAt)
+		o.FinishedAt = &f
+	}
+	switch l.State {
+	case session.TurnCompleted:
+		res := l.Result()
+		res.TurnID = l.ID
+		r := toTurn(res)
+		o.Result = &r
+	case session.TurnFailed, session.TurnCancelled:
+		o.Error = &APIError{Code: l.ErrorCode, Message: l.ErrorMessage}
+	}
+	return o
 }

@@ -261,8 +261,10 @@ type outMsg struct {
 // the writer has not taken yet: a client reading slower than the model
 // writes gets fewer, larger deltas instead of a longer queue.
 type pendingDelta struct {
-	id    json.RawMessage
-	chunk []byte
+	id     json.RawMessage // the client's id of the message that started the stream
+	turnID string          // deltas merge only within one turn
+	offset int             // code points streamed up to the end of chunk
+	chunk  []byte
 }
 
 func (m outMsg) bytes() []byte {
@@ -272,6 +274,9 @@ func (m outMsg) bytes() []byte {
 	o := out("stream.delta", m.delta.id)
 	chunk := string(m.delta.chunk)
 	o.Chunk = &chunk
+	o.TurnID = m.delta.turnID
+	off := m.delta.offset
+	o.Offset = &off
 	b, _ := json.Marshal(o)
 	return b
 }
@@ -283,37 +288,41 @@ func (c *wsConn) send(v any) {
 		c.s.log.Error("encode ws message", zap.Error(err))
 		return
 	}
-	c.enqueue(outMsg{data: b}, nil, "")
+	c.enqueue(outMsg{data: b}, nil)
 }
 
 // sendDelta queues a stream.delta, merging it into a delta of the same
 // turn still waiting in the queue.
-func (c *wsConn) sendDelta(id json.RawMessage, chunk string) {
-	c.enqueue(outMsg{}, id, chunk)
+func (c *wsConn) sendDelta(id json.RawMessage, turnID string, chunk string, offset int) {
+	c.enqueue(outMsg{}, &pendingDelta{id: id, turnID: turnID, offset: offset, chunk: []byte(chunk)})
 }
 
-func (c *wsConn) enqueue(m outMsg, deltaID json.RawMessage, chunk string) {
+func (c *wsConn) enqueue(m outMsg, d *pendingDelta) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return
 	}
-	size := len(m.data) + len(chunk)
+	size := len(m.data)
+	if d != nil {
+		size = len(d.chunk)
+	}
 	if c.queued+size > c.s.opts.WSSendQueueBytes {
 		c.mu.Unlock()
 		c.dropSlow()
 		return
 	}
-	if deltaID != nil || m.data == nil {
+	if d != nil {
 		if n := len(c.queue); n > 0 {
-			if last := c.queue[n-1].delta; last != nil && string(last.id) == string(deltaID) {
-				last.chunk = append(last.chunk, chunk...)
+			if last := c.queue[n-1].delta; last != nil && last.turnID == d.turnID && string(last.id) == string(d.id) {
+				last.chunk = append(last.chunk, d.chunk...)
+				last.offset = d.offset
 				c.queued += size
 				c.mu.Unlock()
 				return
 			}
 		}
-		m = outMsg{delta: &pendingDelta{id: deltaID, chunk: []byte(chunk)}}
+		m = outMsg{delta: d}
 	}
 	if len(c.queue) >= c.s.opts.WSSendQueue {
 		c.mu.Unlock()
@@ -392,11 +401,15 @@ func (c *wsConn) writeLoop() {
 }
 
 type wsIn struct {
-	Type      string               `json:"type"`
-	ID        json.RawMessage      `json:"id"`
-	SessionID *string              `json:"sessionId"`
-	Input     *string              `json:"input"`
-	Options   *session.ForkOptions `json:"options"`
+	Type           string               `json:"type"`
+	ID             json.RawMessage      `json:"id"`
+	SessionID      *string              `json:"sessionId"`
+	Input          *string              `json:"input"`
+	Options        *session.ForkOptions `json:"options"`
+	IdempotencyKey string               `json:"idempotencyKey"`
+	IfBusy         string               `json:"ifBusy"`
+	TurnID         *string              `json:"turnId"`
+	From           *int                 `json:"from"`
 }
 
 // wsOut is every server → client message; a type sets only its fields.
@@ -408,6 +421,11 @@ type wsOut struct {
 	Child     *SessionMeta    `json:"child,omitempty"`
 	Result    *TurnResult     `json:"result,omitempty"`
 	Chunk     *string         `json:"chunk,omitempty"`
+	Offset    *int            `json:"offset,omitempty"`
+	TurnID    string          `json:"turnId,omitempty"`
+	State     string          `json:"state,omitempty"`
+	Event     string          `json:"event,omitempty"`
+	Session   *SessionMeta    `json:"session,omitempty"`
 	Message   string          `json:"message,omitempty"`
 	Code      string          `json:"code,omitempty"`
 }
@@ -514,7 +532,31 @@ func (c *wsConn) handle(data []byte) {
 			c.fail(m.ID, "BUSY", "too many turns in flight on this connection; wait for an answer")
 			return
 		}
-		c.startTurn(m.ID, c.entered, *m.Input, m.Type == "session.stream")
+		c.startTurn(ctx, m.ID, c.entered, *m.Input, m.Type == "session.stream",
+			space.TurnOptions{IdempotencyKey: m.IdempotencyKey, IfBusy: m.IfBusy})
+	case "turn.attach":
+		c.attachTurn(ctx, m)
+	case "turn.cancel":
+		if m.TurnID == nil || *m.TurnID == "" {
+			c.fail(m.ID, "BAD_REQUEST", "turnId is required")
+			return
+		}
+		sid := c.entered
+		if m.SessionID != nil && *m.SessionID != "" {
+			sid = *m.SessionID
+		}
+		if sid == "" {
+			c.fail(m.ID, "NOT_ENTERED", "not in a session; send session.enter first or give sessionId")
+			return
+		}
+		if _, err := c.s.spaces.CancelTurn(ctx, c.userID, c.spaceID, sid, *m.TurnID); err != nil {
+			c.failErr(m.ID, err)
+			return
+		}
+	case "space.subscribe":
+		if err := c.s.spaces.Subscribe(ctx, c.userID, c.spaceID, c); err != nil {
+			c.failErr(m.ID, err)
+		}
 	case "session.fork":
 		if c.entered == "" {
 			c.fail(m.ID, "NOT_ENTERED", "not in a session; send session.enter first")
@@ -540,37 +582,101 @@ func (c *wsConn) handle(data []byte) {
 	}
 }
 
+// follower streams a turn to the connection: stream.start, deltas, then
+// the outcome (stream.end or turn.complete, or an error with the turn id).
+func (c *wsConn) follower(id json.RawMessage, sessionID string, stream bool, done func()) space.Follower {
+	var turnID string // set by OnStart, before anything else is called
+	f := space.Follower{
+		OnStart: func(tid string) {
+			turnID = tid
+			if stream {
+				o := out("stream.start", id)
+				o.TurnID, o.SessionID = tid, sessionID
+				c.send(o)
+			}
+		},
+		Then: func(res session.TurnResult, err error) {
+			if done != nil {
+				defer done()
+			}
+			if err != nil {
+				code, msg := wsCode(err)
+				o := out("error", id)
+				o.Message, o.Code, o.TurnID = msg, code, turnID
+				c.send(o)
+				return
+			}
+			typ := "turn.complete"
+			if stream {
+				typ = "stream.end"
+			}
+			o := out(typ, id)
+			tr := toTurn(res)
+			o.Result, o.TurnID = &tr, res.TurnID
+			c.send(o)
+		},
+	}
+	if stream {
+		f.OnDelta = func(chunk string, offset int) { c.sendDelta(id, turnID, chunk, offset) }
+	}
+	return f
+}
+
 // startTurn hands a turn to the space from the reader goroutine, so turns
 // sent on one connection to one session run in the order they were sent;
 // the answer is queued when it comes. Closing the socket does not cancel
 // the turn: it completes and is persisted; its answer is dropped.
-func (c *wsConn) startTurn(id json.RawMessage, sessionID, input string, stream bool) {
-	o := space.TurnOptions{}
-	if stream {
-		if id == nil {
-			id = json.RawMessage{} // non-nil: marks the message as a delta
-		}
-		o.OnDelta = func(chunk string) { c.sendDelta(id, chunk) }
-	}
-	o.Then = func(res session.TurnResult, err error) {
-		defer c.turns.Add(-1)
-		if err != nil {
-			c.failErr(id, err)
-			return
-		}
-		typ := "turn.complete"
-		if stream {
-			typ = "stream.end"
-		}
-		msg := out(typ, id)
-		tr := toTurn(res)
-		msg.Result = &tr
-		c.send(msg)
-	}
-	if _, err := c.s.spaces.SubmitTurn(c.userID, c.spaceID, sessionID, input, o); err != nil {
+func (c *wsConn) startTurn(ctx context.Context, id json.RawMessage, sessionID, input string, stream bool, o space.TurnOptions) {
+	o.Follower = c.follower(id, sessionID, stream, func() { c.turns.Add(-1) })
+	if _, err := c.s.spaces.SubmitTurn(ctx, c.userID, c.spaceID, sessionID, input, o); err != nil {
 		c.turns.Add(-1)
 		c.failErr(id, err)
 	}
+}
+
+// attachTurn follows a turn of the entered session (or of sessionId) from
+// an offset: what was streamed so far, then live deltas, then the end.
+func (c *wsConn) attachTurn(ctx context.Context, m wsIn) {
+	if m.TurnID == nil || *m.TurnID == "" {
+		c.fail(m.ID, "BAD_REQUEST", "turnId is required")
+		return
+	}
+	from := 0
+	if m.From != nil {
+		if *m.From < 0 {
+			c.fail(m.ID, "BAD_REQUEST", "from must be a non-negative integer")
+			return
+		}
+		from = *m.From
+	}
+	sid := c.entered
+	if m.SessionID != nil && *m.SessionID != "" {
+		sid = *m.SessionID
+	}
+	if sid == "" {
+		c.fail(m.ID, "NOT_ENTERED", "not in a session; send session.enter first or give sessionId")
+		return
+	}
+	if c.turns.Add(1) > maxTurnsPerConn {
+		c.turns.Add(-1)
+		c.fail(m.ID, "BUSY", "too many turns in flight on this connection; wait for an answer")
+		return
+	}
+	if err := c.s.spaces.FollowTurn(ctx, c.userID, c.spaceID, sid, *m.TurnID, from, c.follower(m.ID, sid, true, func() { c.turns.Add(-1) })); err != nil {
+		c.turns.Add(-1)
+		c.failErr(m.ID, err)
+	}
+}
+
+// Event implements space.Subscriber: it queues a space.event, never
+// blocking (a subscriber that cannot keep up is dropped like any client).
+func (c *wsConn) Event(ev space.SpaceEvent) {
+	o := wsOut{Type: "space.event", Event: ev.Event, SessionID: ev.SessionID, TurnID: ev.TurnID}
+	if ev.Session != nil {
+		meta := toMeta(*ev.Session)
+		o.Session = &meta
+	}
+	c.send(o)
 }
 
 // pingHub pings every connection from one goroutine and drops peers that

@@ -618,6 +618,11 @@ func TestWSTurns(t *testing.T) {
 	assert.NotEmpty(t, m.Result.Turn.RawResponse)
 
 	wsSend(t, c, map[string]any{"type": "session.stream", "id": "s1", "input": "second"})
+	start := wsRead(t, c)
+	require.Equal(t, "stream.start", start.Type, start.raw)
+	require.NotNil(t, start.ID)
+	assert.Equal(t, "s1", *start.ID)
+	assert.Contains(t, start.raw, `"turnId":"`)
 	var got []string
 	for {
 		m = wsRead(t, c)
@@ -866,6 +871,8 @@ func TestWSClientDisconnectMidStreamStillPersists(t *testing.T) {
 	wsEnter(t, c, e.rootID)
 	wsSend(t, c, map[string]any{"type": "session.stream", "id": "s", "input": "count"})
 	m := wsRead(t, c)
+	require.Equal(t, "stream.start", m.Type, m.raw)
+	m = wsRead(t, c)
 	require.Equal(t, "stream.delta", m.Type, m.raw)
 	assert.Equal(t, "one ", m.Chunk)
 
