@@ -120,8 +120,42 @@ func fill(res *Result, s summary, elapsed time.Duration, unit string) {
 	res.Errors = s.Error
 }
 
+// turns runs the turns scenario through the HTTP mock model (the path a
+// real deployment takes) and, with --model auto, once more on the
+// in-process fake model as a second line sharing the pgbench figure.
 func (r *runner) turns(ctx context.Context) (*Result, error) {
-	t, err := r.start(ctx, fakeModel)
+	mock := mockllm.Config{ReplyTokens: 20}
+	if !r.cfg.Spawn || r.cfg.Model != "auto" {
+		model := fakeModel
+		if r.cfg.Model == "mock" {
+			model = mock
+		}
+		return r.turnsWith(ctx, "turns", model, true)
+	}
+	saved := r.cfg.Model
+	defer func() { r.cfg.Model = saved }()
+	r.cfg.Model = "mock"
+	res, err := r.turnsWith(ctx, "turns", mock, true)
+	if err != nil {
+		return nil, err
+	}
+	r.cfg.Model = "fake"
+	fk, err := r.turnsWith(ctx, "turns (fake model)", fakeModel, false)
+	if err != nil {
+		fk = &Result{Name: "turns (fake model)", Errors: -1, Extra: map[string]any{"failure": err.Error()}}
+	} else if tps, ok := res.Extra["pgbenchTps"].(float64); ok && tps > 0 {
+		ratio := round2(fk.Throughput / tps)
+		fk.PgbenchRatio = &ratio
+		fk.Extra["pgbenchTps"] = tps
+		fk.Target = "≥0.6×pgbench, 0 errors"
+		fk.Met = boolp(ratio >= 0.6 && fk.Errors == 0)
+	}
+	r.fakeTurns = fk
+	return res, nil
+}
+
+func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Config, withPgbench bool) (*Result, error) {
+	t, err := r.start(ctx, model)
 	if err != nil {
 		return nil, err
 	}
@@ -137,12 +171,12 @@ func (r *runner) turns(ctx context.Context) (*Result, error) {
 	elapsed := loop(ctx, c.Clients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
 		return a.turn(ctx, sess[i].space, sess[i].session, "load test input")
 	})
-	res := &Result{Name: "turns", Settings: t.settings, Extra: map[string]any{"clients": c.Clients, "spaces": c.Spaces}}
+	res := &Result{Name: name, Settings: t.settings, Extra: map[string]any{"clients": c.Clients, "spaces": c.Spaces}}
 	res.Settings["clients"], res.Settings["spaces"] = c.Clients, c.Spaces
 	fill(res, rec.summary(), elapsed, "turns/s")
 	res.ErrorSamples = rec.errMsg
-	r.progress("turns: %.1f turns/s p99 %.1f ms errors %d", res.Throughput, res.P99Ms, res.Errors)
-	if r.dbURL != "" {
+	r.progress("%s: %.1f turns/s p99 %.1f ms errors %d", name, res.Throughput, res.P99Ms, res.Errors)
+	if r.dbURL != "" && withPgbench {
 		tps, err := r.runPgbench(ctx, sess, c.Clients)
 		if err != nil {
 			r.progress("pgbench: %v", err)
