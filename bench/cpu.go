@@ -66,18 +66,22 @@ type cpuPhase struct {
 }
 
 // cpuScenario measures the server's own CPU per turn through the HTTP mock
-// model: 512 sessions at about 20 turns of history (REST, SSE, WebSocket),
-// the same at 10 turns, and 32 sessions at 200 turns.
+// model: 512 sessions at 10 and about 20 turns of history (REST, SSE,
+// WebSocket), and 32 sessions at 10 and at 200 turns.
 func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 	if !r.cfg.Spawn && r.cfg.ServerPID == 0 {
 		return nil, errors.New("cpu needs --spawn or --server-pid")
 	}
+	// The HTTP mock by default; with --model fake the same phases on the
+	// in-process model show what a turn costs without a model client.
 	model := mockllm.Config{ReplyTokens: 20}
 	if r.cfg.Model == "fake" {
-		return nil, errors.New("cpu measures the HTTP model path: run it with --model auto or mock")
+		model = fakeModel
 	}
 	saved := r.cfg.Model
-	r.cfg.Model = "mock"
+	if saved == "auto" {
+		r.cfg.Model = "mock"
+	}
 	t, err := r.start(ctx, model)
 	r.cfg.Model = saved
 	if err != nil {
@@ -204,7 +208,13 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
+	// The growth figure compares the same sessions at the same
+	// concurrency, at 10 and at 200 turns of history.
 	longHist := make([]int, len(longSess))
+	fillTo(longSess, longHist, 10)
+	if err := measure("long-history10", longSess, longHist, c.CPULongRounds, modeREST); err != nil {
+		return nil, err
+	}
 	fillTo(longSess, longHist, 200)
 	if err := measure("history200", longSess, longHist, c.CPULongRounds, modeREST); err != nil {
 		return nil, err
@@ -222,7 +232,7 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 	res.Throughput = byName["history20-rest"].CPUPerTurnUs
 	res.Errors = errs
 	growth := 0.0
-	if h10 := byName["history10"].CPUPerTurnUs; h10 > 0 {
+	if h10 := byName["long-history10"].CPUPerTurnUs; h10 > 0 {
 		growth = round2(byName["history200"].CPUPerTurnUs / h10)
 	}
 	res.Extra = map[string]any{"phases": phases, "growth200over10": growth,
