@@ -84,6 +84,12 @@ type Reply struct {
 	// token); otherwise Content is split at word boundaries. They should
 	// concatenate to Content when both are set.
 	Chunks []string
+	// EndEarly ends the reply before it is complete, as a dropped upstream
+	// connection would, while the HTTP exchange itself ends cleanly: a
+	// stream closes after the content chunks without a finish_reason or
+	// [DONE]; a non-streamed body is cut in half (with a matching
+	// Content-Length).
+	EndEarly bool
 }
 
 // RecordedMessage is one decoded request message.
@@ -451,6 +457,7 @@ type answer struct {
 	toolCalls []ToolCall
 	finish    string
 	usage     usage
+	endEarly  bool
 }
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
@@ -489,7 +496,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 			writeError(w, st, reply.Status, "server_error", reply.ErrorMessage)
 			return
 		}
-		a.content, a.chunks = reply.Content, reply.Chunks
+		a.content, a.chunks, a.endEarly = reply.Content, reply.Chunks, reply.EndEarly
 		if a.content == "" && len(a.chunks) > 0 {
 			a.content = strings.Join(a.chunks, "")
 		}
@@ -568,10 +575,14 @@ func (s *Server) writeCompletion(w http.ResponseWriter, st *state, a *answer) {
 		writeError(w, st, http.StatusInternalServerError, "server_error", "mockllm: "+err.Error())
 		return
 	}
+	out := st.out.Bytes()
+	if a.endEarly {
+		out = out[:len(out)/2]
+	}
 	h := w.Header()
 	h["Content-Type"] = hvJSON
-	h.Set("Content-Length", strconv.Itoa(st.out.Len()))
+	h.Set("Content-Length", strconv.Itoa(len(out)))
 	h.Set("X-Request-Id", a.id)
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(st.out.Bytes())
+	_, _ = w.Write(out)
 }

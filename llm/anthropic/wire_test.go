@@ -13,8 +13,8 @@ import (
 
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/anthropic"
-	"github.com/stellohq/stello/llm/internal/sdkref"
 	"github.com/stellohq/stello/llm/internal/wiretest"
+	"github.com/stellohq/stello/llm/sdkref"
 )
 
 // bodyServer answers every call with a whole reply (streamed or not) and

@@ -11,9 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/llm"
-	"github.com/stellohq/stello/llm/internal/sdkref"
 	"github.com/stellohq/stello/llm/internal/wiretest"
 	"github.com/stellohq/stello/llm/openai"
+	"github.com/stellohq/stello/llm/sdkref"
 )
 
 // bodyServer answers every call with a whole reply (streamed or not) and
