@@ -324,6 +324,10 @@ func (r *runner) footprint(ctx context.Context) (*Result, error) {
 	defer t.stop()
 	time.Sleep(2 * time.Second)
 	idle, rssErr := rssKiB(t.pid)
+	anon, _ := statusKiB(t.pid, "RssAnon")
+	file, _ := statusKiB(t.pid, "RssFile")
+	heap, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
+	stack, _ := metric(ctx, t.url, "go_memstats_stack_inuse_bytes")
 	a := newAPI(t.url, t.key, 16)
 	// One request first so the connection pool and the user's key are warm
 	// in both the client and the server, as in a running deployment.
@@ -352,6 +356,8 @@ func (r *runner) footprint(ctx context.Context) (*Result, error) {
 	res.Extra = map[string]any{"create1000S": round2(el.Seconds())}
 	if rssErr == nil && t.pid > 0 {
 		res.Extra["idleRssKiB"], res.Extra["rssAfterCreateKiB"] = idle, after
+		res.Extra["idleRssAnonKiB"], res.Extra["idleRssFileKiB"] = anon, file
+		res.Extra["idleHeapInuseKiB"], res.Extra["idleStackInuseKiB"] = int64(heap)/1024, int64(stack)/1024
 	}
 	r.progress("footprint: idle RSS %d KiB, 1,000 spaces in %.2f s", idle, el.Seconds())
 	return res, nil
