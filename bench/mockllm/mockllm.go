@@ -23,6 +23,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tidwall/gjson"
 )
 
 // Config tunes generated replies and pacing. The zero value answers
@@ -448,6 +450,63 @@ func lastUser(msgs []reqMessage) string {
 	return ""
 }
 
+// quickDecode reads what an unrecorded request needs (model, stream
+// options, token limits, response format, the last user message and the
+// prompt's word count) with a validating scan instead of decoding every
+// message: a load test's conversations grow to hundreds of turns, and the
+// mock must not become the bottleneck it measures. It reports false when
+// the body needs the full decoder (invalid JSON, unusual content).
+func quickDecode(body []byte, req *chatRequest, promptWords *int) bool {
+	if !gjson.ValidBytes(body) {
+		return false
+	}
+	root := gjson.ParseBytes(body)
+	if !root.IsObject() {
+		return false
+	}
+	req.Model = root.Get("model").String()
+	req.Stream = root.Get("stream").Bool()
+	if so := root.Get("stream_options"); so.IsObject() {
+		req.StreamOptions = &reqStreamOpt{IncludeUsage: so.Get("include_usage").Bool()}
+	}
+	req.MaxTokens = int(root.Get("max_tokens").Int())
+	req.MaxCompletion = int(root.Get("max_completion_tokens").Int())
+	if rf := root.Get("response_format"); rf.IsObject() {
+		req.RespFormat = &reqRespFmt{Type: rf.Get("type").String()}
+	}
+	msgs := root.Get("messages")
+	if !msgs.IsArray() {
+		return false
+	}
+	words, ok := 0, true
+	var last, lastUser gjson.Result
+	msgs.ForEach(func(_, m gjson.Result) bool {
+		c := m.Get("content")
+		if c.Type != gjson.String && c.Type != gjson.Null {
+			ok = false // content parts: leave them to the full decoder
+			return false
+		}
+		words += countWords(c.Str)
+		last = m
+		if m.Get("role").Str == "user" {
+			lastUser = m
+		}
+		return true
+	})
+	if !ok {
+		return false
+	}
+	if !lastUser.Exists() {
+		lastUser = last
+	}
+	req.Messages = req.Messages[:0]
+	if lastUser.Exists() {
+		req.Messages = append(req.Messages, reqMessage{Role: "user", Content: msgContent(lastUser.Get("content").Str)})
+	}
+	*promptWords = words
+	return true
+}
+
 // answer is what a request will be answered with.
 type answer struct {
 	id, model string
@@ -466,9 +525,12 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	done := r.Context().Done()
 
 	var req chatRequest
+	promptWords := -1
 	_, err := st.body.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err == nil {
-		err = json.Unmarshal(st.body.Bytes(), &req)
+		if s.record || !quickDecode(st.body.Bytes(), &req, &promptWords) {
+			err = json.Unmarshal(st.body.Bytes(), &req)
+		}
 	}
 	var rec *RecordedRequest
 	if s.record {
@@ -530,8 +592,12 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	for i := range req.Messages {
-		a.usage.PromptTokens += countWords(string(req.Messages[i].Content))
+	if promptWords >= 0 {
+		a.usage.PromptTokens = promptWords
+	} else {
+		for i := range req.Messages {
+			a.usage.PromptTokens += countWords(string(req.Messages[i].Content))
+		}
 	}
 	a.usage.CompletionTokens = countWords(a.content)
 	for _, tc := range a.toolCalls {
