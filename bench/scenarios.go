@@ -168,10 +168,28 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	}
 	r.progress("turns: %d clients over %d spaces for %s", c.Clients, c.Spaces, c.Duration)
 	rec := newRecorder()
+	// CPU per turn of the server and of this process (load generator and,
+	// when used, the mock model), over every turn including the warm-up.
+	var done atomic.Int64
+	srv0, srvErr := cpuTime(t.pid)
+	own0, _ := cpuTime(os.Getpid())
 	elapsed := loop(ctx, c.Clients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
-		return a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+		err := a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+		if err == nil {
+			done.Add(1)
+		}
+		return err
 	})
+	srv1, _ := cpuTime(t.pid)
+	own1, _ := cpuTime(os.Getpid())
 	res := &Result{Name: name, Settings: t.settings, Extra: map[string]any{"clients": c.Clients, "spaces": c.Spaces}}
+	if n := done.Load(); n > 0 {
+		if srvErr == nil && t.pid > 0 {
+			res.Extra["serverCpuPerTurnUs"] = round2(float64((srv1 - srv0).Microseconds()) / float64(n))
+		}
+		res.Extra["benchCpuPerTurnUs"] = round2(float64((own1 - own0).Microseconds()) / float64(n))
+		res.Extra["historyTurnsAtEnd"] = n / int64(c.Clients)
+	}
 	res.Settings["clients"], res.Settings["spaces"] = c.Clients, c.Spaces
 	fill(res, rec.summary(), elapsed, "turns/s")
 	res.ErrorSamples = rec.errMsg
