@@ -464,44 +464,70 @@ func quickDecode(body []byte, req *chatRequest, promptWords *int) bool {
 	if !root.IsObject() {
 		return false
 	}
-	req.Model = root.Get("model").String()
-	req.Stream = root.Get("stream").Bool()
-	if so := root.Get("stream_options"); so.IsObject() {
-		req.StreamOptions = &reqStreamOpt{IncludeUsage: so.Get("include_usage").Bool()}
-	}
-	req.MaxTokens = int(root.Get("max_tokens").Int())
-	req.MaxCompletion = int(root.Get("max_completion_tokens").Int())
-	if rf := root.Get("response_format"); rf.IsObject() {
-		req.RespFormat = &reqRespFmt{Type: rf.Get("type").String()}
-	}
-	msgs := root.Get("messages")
-	if !msgs.IsArray() {
-		return false
-	}
-	words, ok := 0, true
-	var last, lastUser gjson.Result
-	msgs.ForEach(func(_, m gjson.Result) bool {
-		c := m.Get("content")
-		if c.Type != gjson.String && c.Type != gjson.Null {
-			ok = false // content parts: leave them to the full decoder
-			return false
+	// One pass over the document: looking keys up one by one would skim
+	// the whole messages array again for each of them.
+	words, ok, sawMessages := 0, true, false
+	var last, lastUser string
+	var haveLast, haveUser bool
+	root.ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "model":
+			req.Model = v.String()
+		case "stream":
+			req.Stream = v.Bool()
+		case "stream_options":
+			if v.IsObject() {
+				req.StreamOptions = &reqStreamOpt{IncludeUsage: v.Get("include_usage").Bool()}
+			}
+		case "max_tokens":
+			req.MaxTokens = int(v.Int())
+		case "max_completion_tokens":
+			req.MaxCompletion = int(v.Int())
+		case "response_format":
+			if v.IsObject() {
+				req.RespFormat = &reqRespFmt{Type: v.Get("type").String()}
+			}
+		case "messages":
+			if !v.IsArray() {
+				ok = false
+				return false
+			}
+			sawMessages = true
+			v.ForEach(func(_, m gjson.Result) bool {
+				var role string
+				var content gjson.Result
+				m.ForEach(func(mk, mv gjson.Result) bool {
+					switch mk.Str {
+					case "role":
+						role = mv.Str
+					case "content":
+						content = mv
+					}
+					return true
+				})
+				if content.Type != gjson.String && content.Type != gjson.Null {
+					ok = false // content parts: leave them to the full decoder
+					return false
+				}
+				words += countWords(content.Str)
+				last, haveLast = content.Str, true
+				if role == "user" {
+					lastUser, haveUser = content.Str, true
+				}
+				return true
+			})
 		}
-		words += countWords(c.Str)
-		last = m
-		if m.Get("role").Str == "user" {
-			lastUser = m
-		}
-		return true
+		return ok
 	})
-	if !ok {
+	if !ok || !sawMessages {
 		return false
 	}
-	if !lastUser.Exists() {
-		lastUser = last
+	if !haveUser {
+		lastUser, haveUser = last, haveLast
 	}
 	req.Messages = req.Messages[:0]
-	if lastUser.Exists() {
-		req.Messages = append(req.Messages, reqMessage{Role: "user", Content: msgContent(lastUser.Get("content").Str)})
+	if haveUser {
+		req.Messages = append(req.Messages, reqMessage{Role: "user", Content: msgContent(lastUser)})
 	}
 	*promptWords = words
 	return true
