@@ -41,4 +41,4 @@ staticcheck:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 build:
-	$(GO) build -o bin/stello ./cmd/stello
+	$(GO) build -trimpath -ldflags '-s -w' -o bin/stello ./cmd/stello

@@ -41,9 +41,15 @@ type Config struct {
 	ReadsTurnLatency time.Duration
 	ChurnSpaces      int // churn: distinct spaces touched
 	ChurnIdleTTL     time.Duration
+	// cpu: sessions measured at 10 and 20 turns of history, sessions
+	// measured at 200, and the turns run on each of those.
+	CPUSessions     int
+	CPULongSessions int
+	CPULongRounds   int
 
-	// Model is the spawned server's model: "auto" (the in-process fake for
-	// turns, reads, connections and churn; the HTTP mock for stream),
+	// Model is the spawned server's model: "auto" (the HTTP mock for turns,
+	// then the in-process fake as a second line; the in-process fake for
+	// reads, connections and churn; the HTTP mock for stream and cpu),
 	// "fake" or "mock".
 	Model string
 
@@ -122,6 +128,15 @@ func (c *Config) defaults() {
 	if c.ChurnIdleTTL <= 0 {
 		c.ChurnIdleTTL = 3 * time.Second
 	}
+	if c.CPUSessions <= 0 {
+		c.CPUSessions = 512
+	}
+	if c.CPULongSessions <= 0 {
+		c.CPULongSessions = 32
+	}
+	if c.CPULongRounds <= 0 {
+		c.CPULongRounds = 16
+	}
 	if c.Scenario == "" {
 		c.Scenario = "all"
 	}
@@ -138,6 +153,9 @@ type runner struct {
 	dbURL string
 	pg    *embedpg.Instance
 	tmp   string
+	// fakeTurns is the turns scenario's second line (the in-process fake
+	// model) when the first ran through the HTTP mock.
+	fakeTurns *Result
 }
 
 // Run runs the configured scenarios and prints the table to out; progress
@@ -148,10 +166,10 @@ func Run(ctx context.Context, cfg Config, out, log io.Writer) (*Report, error) {
 	switch cfg.Scenario {
 	case "all":
 		names = Scenarios
-	case "turns", "stream", "connections", "reads", "churn", "pgbench":
+	case "turns", "stream", "connections", "reads", "churn", "pgbench", "cpu", "footprint":
 		names = []string{cfg.Scenario}
 	default:
-		return nil, fmt.Errorf("unknown scenario %q (turns, stream, connections, reads, churn, pgbench, all)", cfg.Scenario)
+		return nil, fmt.Errorf("unknown scenario %q (turns, stream, connections, reads, churn, cpu, footprint, pgbench, all)", cfg.Scenario)
 	}
 	if !cfg.Spawn && (cfg.URL == "" || cfg.APIKey == "") {
 		return nil, fmt.Errorf("--url and --api-key are required unless --spawn is given")
@@ -184,6 +202,9 @@ func Run(ctx context.Context, cfg Config, out, log io.Writer) (*Report, error) {
 			res = &Result{Name: name, Errors: -1, Extra: map[string]any{"failure": err.Error()}}
 		}
 		rep.Scenarios = append(rep.Scenarios, res)
+		if name == "turns" && r.fakeTurns != nil {
+			rep.Scenarios = append(rep.Scenarios, r.fakeTurns)
+		}
 	}
 	printTable(out, rep)
 	if cfg.JSONFile != "" {
@@ -314,6 +335,10 @@ func (r *runner) scenario(ctx context.Context, name string) (*Result, error) {
 		return r.churn(ctx)
 	case "pgbench":
 		return r.pgbenchOnly(ctx)
+	case "cpu":
+		return r.cpuScenario(ctx)
+	case "footprint":
+		return r.footprint(ctx)
 	}
 	return nil, fmt.Errorf("unknown scenario %q", name)
 }

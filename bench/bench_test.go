@@ -107,3 +107,43 @@ func TestURLRequiredWithoutSpawn(t *testing.T) {
 	_, err := bench.Run(context.Background(), bench.Config{Scenario: "turns"}, &bytes.Buffer{}, &bytes.Buffer{})
 	require.ErrorContains(t, err, "--url and --api-key")
 }
+
+// TestCPUAndFootprintScenarios runs the cpu scenario (scaled down) and the
+// footprint scenario against a server given by URL and pid: every phase
+// runs its turns over REST, SSE and WebSocket and reports CPU per turn.
+func TestCPUAndFootprintScenarios(t *testing.T) {
+	stack := testutil.NewStack(t, testutil.StackOptions{LLM: fake.New(fake.Config{})})
+	_, key := stack.User(t, "bench")
+	for _, sc := range []string{"cpu", "footprint"} {
+		var table, progress bytes.Buffer
+		rep, err := bench.Run(context.Background(), bench.Config{URL: stack.URL, APIKey: key, ServerPID: os.Getpid(), Scenario: sc,
+			Clients: 4, Spaces: 2, CPUSessions: 4, CPULongSessions: 2, CPULongRounds: 2}, &table, &progress)
+		require.NoError(t, err, progress.String())
+		require.Len(t, rep.Scenarios, 1)
+		s := rep.Scenarios[0]
+		require.Zero(t, s.Errors, "%s: %v %v", sc, s.ErrorSamples, s.Extra)
+		if sc == "footprint" {
+			assert.Positive(t, s.Extra["idleRssKiB"])
+			assert.Positive(t, s.Extra["create1000S"])
+			continue
+		}
+		b, err := json.Marshal(s)
+		require.NoError(t, err)
+		var doc struct {
+			Phases []struct {
+				Name, Mode   string
+				Turns        int
+				CPUPerTurnUs float64
+			}
+			GrowthOver10 float64 `json:"growth200over10"`
+		}
+		require.NoError(t, json.Unmarshal(b, &doc))
+		var names []string
+		for _, p := range doc.Phases {
+			names = append(names, p.Name)
+			assert.Positive(t, p.Turns, p.Name)
+		}
+		assert.Equal(t, []string{"history10", "history20-rest", "history20-sse", "history20-websocket", "long-history10", "history200"}, names)
+		assert.Contains(t, table.String(), "µs CPU/turn")
+	}
+}

@@ -120,8 +120,42 @@ func fill(res *Result, s summary, elapsed time.Duration, unit string) {
 	res.Errors = s.Error
 }
 
+// turns runs the turns scenario through the HTTP mock model (the path a
+// real deployment takes) and, with --model auto, once more on the
+// in-process fake model as a second line sharing the pgbench figure.
 func (r *runner) turns(ctx context.Context) (*Result, error) {
-	t, err := r.start(ctx, fakeModel)
+	mock := mockllm.Config{ReplyTokens: 20}
+	if !r.cfg.Spawn || r.cfg.Model != "auto" {
+		model := fakeModel
+		if r.cfg.Model == "mock" {
+			model = mock
+		}
+		return r.turnsWith(ctx, "turns", model, true)
+	}
+	saved := r.cfg.Model
+	defer func() { r.cfg.Model = saved }()
+	r.cfg.Model = "mock"
+	res, err := r.turnsWith(ctx, "turns", mock, true)
+	if err != nil {
+		return nil, err
+	}
+	r.cfg.Model = "fake"
+	fk, err := r.turnsWith(ctx, "turns (fake model)", fakeModel, false)
+	if err != nil {
+		fk = &Result{Name: "turns (fake model)", Errors: -1, Extra: map[string]any{"failure": err.Error()}}
+	} else if tps, ok := res.Extra["pgbenchTps"].(float64); ok && tps > 0 {
+		ratio := round2(fk.Throughput / tps)
+		fk.PgbenchRatio = &ratio
+		fk.Extra["pgbenchTps"] = tps
+		fk.Target = "≥0.6×pgbench, 0 errors"
+		fk.Met = boolp(ratio >= 0.6 && fk.Errors == 0)
+	}
+	r.fakeTurns = fk
+	return res, nil
+}
+
+func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Config, withPgbench bool) (*Result, error) {
+	t, err := r.start(ctx, model)
 	if err != nil {
 		return nil, err
 	}
@@ -134,15 +168,33 @@ func (r *runner) turns(ctx context.Context) (*Result, error) {
 	}
 	r.progress("turns: %d clients over %d spaces for %s", c.Clients, c.Spaces, c.Duration)
 	rec := newRecorder()
+	// CPU per turn of the server and of this process (load generator and,
+	// when used, the mock model), over every turn including the warm-up.
+	var done atomic.Int64
+	srv0, srvErr := cpuTime(t.pid)
+	own0, _ := cpuTime(os.Getpid())
 	elapsed := loop(ctx, c.Clients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
-		return a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+		err := a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+		if err == nil {
+			done.Add(1)
+		}
+		return err
 	})
-	res := &Result{Name: "turns", Settings: t.settings, Extra: map[string]any{"clients": c.Clients, "spaces": c.Spaces}}
+	srv1, _ := cpuTime(t.pid)
+	own1, _ := cpuTime(os.Getpid())
+	res := &Result{Name: name, Settings: t.settings, Extra: map[string]any{"clients": c.Clients, "spaces": c.Spaces}}
+	if n := done.Load(); n > 0 {
+		if srvErr == nil && t.pid > 0 {
+			res.Extra["serverCpuPerTurnUs"] = round2(float64((srv1 - srv0).Microseconds()) / float64(n))
+		}
+		res.Extra["benchCpuPerTurnUs"] = round2(float64((own1 - own0).Microseconds()) / float64(n))
+		res.Extra["historyTurnsAtEnd"] = n / int64(c.Clients)
+	}
 	res.Settings["clients"], res.Settings["spaces"] = c.Clients, c.Spaces
 	fill(res, rec.summary(), elapsed, "turns/s")
 	res.ErrorSamples = rec.errMsg
-	r.progress("turns: %.1f turns/s p99 %.1f ms errors %d", res.Throughput, res.P99Ms, res.Errors)
-	if r.dbURL != "" {
+	r.progress("%s: %.1f turns/s p99 %.1f ms errors %d", name, res.Throughput, res.P99Ms, res.Errors)
+	if r.dbURL != "" && withPgbench {
 		tps, err := r.runPgbench(ctx, sess, c.Clients)
 		if err != nil {
 			r.progress("pgbench: %v", err)

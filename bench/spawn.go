@@ -122,17 +122,21 @@ func createUser(ctx context.Context, exe, dbURL string) (string, error) {
 }
 
 // rssKiB reads VmRSS of a process.
-func rssKiB(pid int) (int64, error) {
+func rssKiB(pid int) (int64, error) { return statusKiB(pid, "VmRSS") }
+
+// statusKiB reads one kB field of /proc/<pid>/status (VmRSS, RssAnon,
+// RssFile, …).
+func statusKiB(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			var n int64
 			_, err := fmt.Sscanf(strings.TrimSpace(v), "%d", &n)
 			return n, err
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, errors.New("no " + field)
 }

@@ -63,6 +63,14 @@ type Request struct {
 	// fake model answers integration-shaped JSON. Callers still parse
 	// tolerantly.
 	Format Format
+	// History, when set, is the wire encoding of
+	// Messages[HistoryAt:HistoryAt+History.Messages] made by this client's
+	// EncodeHistory (see HistoryEncoder): the client writes those bytes
+	// instead of encoding the messages again. Clients that do not
+	// implement HistoryEncoder, or get another provider's encoding,
+	// ignore it and encode Messages.
+	History   *Encoded
+	HistoryAt int
 }
 
 // Usage counts tokens as reported by the provider (zero when unknown).

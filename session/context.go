@@ -29,8 +29,9 @@ func estimateAll(ms []llm.Message) int {
 // assemble builds the messages of a turn in the documented order: system
 // prompt, scope, memory, pending insight, history within the budget (older
 // history replaced by a cached summary), then the new input. It returns the
-// history as it stands after any summarisation.
-func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) ([]llm.Message, *History, error) {
+// history as it stands after any summarisation, with its wire encoding, and
+// the index of the history's first message in the messages.
+func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) ([]llm.Message, *History, int, error) {
 	var head []llm.Message
 	d := req.Session.Data
 	if d.SystemPrompt != nil && *d.SystemPrompt != "" {
@@ -64,11 +65,11 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) (
 			older := hist.clean[:cut]
 			s, err := e.summarise(ctx, summary, older)
 			if err != nil {
-				return nil, nil, fmt.Errorf("summarise older history: %w", err)
+				return nil, nil, 0, fmt.Errorf("summarise older history: %w", err)
 			}
 			through := older[len(older)-1].ID
 			if err := e.store.SaveSummary(ctx, req.Space.ID, req.Session.Meta.ID, s, through); err != nil {
-				return nil, nil, err
+				return nil, nil, 0, err
 			}
 			summary = &s
 			hist = (&History{Summary: summary, SummaryThrough: through, Records: append([]Record(nil), hist.clean[cut:]...)}).prepare()
@@ -79,8 +80,25 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) (
 	if summary != nil && *summary != "" {
 		out = append(out, llm.Message{Role: llm.RoleSystem, Content: "Summary of the earlier conversation:\n" + *summary})
 	}
+	at := len(out)
 	out = append(out, hist.msgs...)
-	return append(out, input), hist, nil
+	return append(out, input), e.encoded(hist), at, nil
+}
+
+// encoded returns hist with its wire encoding, encoding the model view
+// once when it has none (a history just loaded, sanitised or summarised).
+// The caller's history is not modified.
+func (e *Engine) encoded(hist *History) *History {
+	if e.enc == nil || hist.wire != nil {
+		return hist
+	}
+	w, err := e.enc.EncodeHistory(nil, hist.msgs)
+	if err != nil {
+		return hist // the provider encodes the messages itself
+	}
+	h := *hist
+	h.wire = w
+	return &h
 }
 
 // prepare returns the history with its model view computed: the records
@@ -98,13 +116,20 @@ func (h *History) prepare() *History {
 }
 
 // withTurn returns the history followed by a committed turn's records (a
-// complete tool-call group each, so nothing to sanitise). The appends write
-// past the receiver's lengths only, so the receiver is unchanged.
-func (h *History) withTurn(recs []Record) *History {
+// complete tool-call group each, so nothing to sanitise), its wire encoding
+// extended by them when enc is set. The appends write past the receiver's
+// lengths only, so the receiver is unchanged.
+func (h *History) withTurn(recs []Record, enc llm.HistoryEncoder) *History {
 	h = h.prepare()
 	msgs := toMessages(recs)
+	var wire *llm.Encoded
+	if enc != nil && h.wire != nil && h.wire.Messages == len(h.msgs) {
+		// On failure the next turn encodes the whole view again.
+		wire, _ = enc.EncodeHistory(h.wire, msgs)
+	}
 	return &History{Summary: h.Summary, SummaryThrough: h.SummaryThrough, Records: append(h.Records, recs...),
-		clean: append(h.clean, recs...), msgs: append(h.msgs, msgs...), tokens: h.tokens + estimateAll(msgs), ready: true}
+		clean: append(h.clean, recs...), msgs: append(h.msgs, msgs...), tokens: h.tokens + estimateAll(msgs), ready: true,
+		wire: wire}
 }
 
 func toMessages(recs []Record) []llm.Message {

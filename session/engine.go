@@ -1,12 +1,16 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stellohq/stello/llm"
 )
@@ -36,8 +40,12 @@ type Options struct {
 type Engine struct {
 	store Store
 	llm   llm.Client
+	// enc is llm when it takes pre-encoded histories, else nil.
+	enc   llm.HistoryEncoder
 	tools *Registry
 	opts  Options
+	// nulStripped counts NUL characters removed from model output.
+	nulStripped atomic.Uint64
 }
 
 // NewEngine returns an engine; tools nil means the built-in tools.
@@ -51,7 +59,24 @@ func NewEngine(store Store, client llm.Client, tools *Registry, opts Options) *E
 	if opts.MaxToolRounds <= 0 {
 		opts.MaxToolRounds = 5
 	}
-	return &Engine{store: store, llm: client, tools: tools, opts: opts}
+	enc, _ := client.(llm.HistoryEncoder)
+	return &Engine{store: store, llm: client, enc: enc, tools: tools, opts: opts}
+}
+
+// NULStripped is how many NUL characters (U+0000) the engine has removed
+// from model output (replies, tool calls, summaries and memory work) since
+// it started. PostgreSQL's text and jsonb cannot store NUL, so output is
+// stored without them rather than failing the commit.
+func (e *Engine) NULStripped() uint64 { return e.nulStripped.Load() }
+
+// Collectors returns the engine's metrics for a Prometheus registry:
+// stello_llm_nul_stripped_total.
+func (e *Engine) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "stello_llm_nul_stripped_total",
+			Help: "NUL characters removed from model output before it was stored."},
+			func() float64 { return float64(e.nulStripped.Load()) }),
+	}
 }
 
 // Tools returns the engine's tool registry, to which embedders may add.
@@ -89,6 +114,10 @@ type History struct {
 	msgs   []llm.Message
 	tokens int
 	ready  bool
+	// wire is msgs in the model provider's wire format, when the provider
+	// takes a pre-encoded history (llm.HistoryEncoder): built with the
+	// model view, extended with it per turn, and dropped with it.
+	wire *llm.Encoded
 }
 
 // TurnResult is the outcome of a committed turn.
@@ -124,7 +153,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 		}
 		hist = h
 	}
-	msgs, hist, err := e.assemble(ctx, req, hist)
+	msgs, hist, histAt, err := e.assemble(ctx, req, hist)
 	if err != nil {
 		return TurnResult{}, err
 	}
@@ -134,7 +163,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 	tools := e.tools.Definitions()
 	var res TurnResult
 	for {
-		call := llm.Request{Messages: msgs, Tools: tools, MaxTokens: e.opts.MaxTokens}
+		call := llm.Request{Messages: msgs, Tools: tools, MaxTokens: e.opts.MaxTokens, History: hist.wire, HistoryAt: histAt}
 		resp, err := e.call(ctx, call, req.OnDelta)
 		if err != nil {
 			return TurnResult{}, ctxErr(ctx, err)
@@ -179,7 +208,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 	}
 	// Appending never changes the records the caller's cache holds: it
 	// writes past their length, and turns on a session are serial.
-	res.History = hist.withTurn(recs)
+	res.History = hist.withTurn(recs, e.enc)
 	res.TurnCount = turns
 	res.ConsumedInsight = req.Session.Data.Insight
 	res.At = at
@@ -223,16 +252,105 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
+// call runs one model call; the reply comes back without NUL characters
+// (see NULStripped), and so do the streamed chunks.
 func (e *Engine) call(ctx context.Context, req llm.Request, onDelta func(string)) (*llm.Response, error) {
+	var resp *llm.Response
+	var err error
 	if onDelta == nil {
-		return e.llm.Complete(ctx, req)
+		resp, err = e.llm.Complete(ctx, req)
+	} else {
+		resp, err = e.llm.Stream(ctx, req, func(d llm.Delta) error {
+			if t, _ := stripNUL(d.Text); t != "" {
+				onDelta(t)
+			}
+			return nil
+		})
 	}
-	return e.llm.Stream(ctx, req, func(d llm.Delta) error {
-		if d.Text != "" {
-			onDelta(d.Text)
+	if err != nil {
+		return nil, err
+	}
+	e.clean(resp)
+	return resp, nil
+}
+
+// clean removes NUL characters from a reply, counting them.
+func (e *Engine) clean(resp *llm.Response) {
+	var n, k int
+	resp.Content, n = stripNUL(resp.Content)
+	for i := range resp.ToolCalls {
+		tc := &resp.ToolCalls[i]
+		tc.ID, k = stripNUL(tc.ID)
+		n += k
+		tc.Name, k = stripNUL(tc.Name)
+		n += k
+		tc.Input, k = stripJSONNUL(tc.Input)
+		n += k
+	}
+	if n > 0 {
+		e.nulStripped.Add(uint64(n))
+	}
+}
+
+// stripNUL returns s without NUL characters and how many there were.
+func stripNUL(s string) (string, int) {
+	n := strings.Count(s, "\x00")
+	if n == 0 {
+		return s, 0
+	}
+	return strings.ReplaceAll(s, "\x00", ""), n
+}
+
+// stripJSONNUL removes NUL characters from JSON text: raw NUL bytes and
+// NULs escaped as \u0000 inside strings (PostgreSQL's jsonb rejects
+// those too). Invalid JSON is only stripped of raw NUL bytes.
+func stripJSONNUL(in json.RawMessage) (json.RawMessage, int) {
+	n := bytes.Count(in, []byte{0})
+	if n > 0 {
+		in = bytes.ReplaceAll(in, []byte{0}, nil)
+	}
+	if !bytes.Contains(in, []byte(`\u0000`)) {
+		return in, n
+	}
+	dec := json.NewDecoder(bytes.NewReader(in))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return in, n
+	}
+	k := 0
+	v = stripValue(v, &k)
+	if k == 0 {
+		return in, n // a literal backslash followed by u0000, not a NUL
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return in, n
+	}
+	return out, n + k
+}
+
+func stripValue(v any, n *int) any {
+	switch x := v.(type) {
+	case string:
+		s, k := stripNUL(x)
+		*n += k
+		return s
+	case []any:
+		for i := range x {
+			x[i] = stripValue(x[i], n)
 		}
-		return nil
-	})
+		return x
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for key, val := range x {
+			clean, k := stripNUL(key)
+			*n += k
+			out[clean] = stripValue(val, n)
+		}
+		return out
+	}
+	return v
 }
 
 // complete is a plain text call for memory work; think blocks are stripped.
@@ -242,5 +360,6 @@ func (e *Engine) complete(ctx context.Context, system, user string, format llm.F
 	if err != nil {
 		return "", err
 	}
+	e.clean(resp)
 	return llm.StripThink(resp.Content), nil
 }

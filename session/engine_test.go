@@ -26,11 +26,12 @@ import (
 // harness is one space in a fresh database, an engine using the real
 // OpenAI client, and a scripted mock model behind it.
 type harness struct {
-	t     *testing.T
-	ctx   context.Context
-	store *pgstore.Store
-	mock  *mockllm.Server
-	eng   *session.Engine
+	t      *testing.T
+	ctx    context.Context
+	store  *pgstore.Store
+	mock   *mockllm.Server
+	eng    *session.Engine
+	client *openai.Client
 
 	hookMu sync.Mutex
 	hook   func(n int) // runs synchronously inside the n-th model call
@@ -59,6 +60,7 @@ func newHarness(t *testing.T, opts session.Options, in session.SpaceInput) *harn
 	t.Cleanup(srv.Close)
 	client, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 0})
 	require.NoError(t, err)
+	h.client = client
 	h.eng = session.NewEngine(h.store, client, nil, opts)
 
 	u, _, err := h.store.CreateUser(h.ctx, "tester")

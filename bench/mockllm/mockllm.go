@@ -23,6 +23,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tidwall/gjson"
 )
 
 // Config tunes generated replies and pacing. The zero value answers
@@ -84,6 +86,12 @@ type Reply struct {
 	// token); otherwise Content is split at word boundaries. They should
 	// concatenate to Content when both are set.
 	Chunks []string
+	// EndEarly ends the reply before it is complete, as a dropped upstream
+	// connection would, while the HTTP exchange itself ends cleanly: a
+	// stream closes after the content chunks without a finish_reason or
+	// [DONE]; a non-streamed body is cut in half (with a matching
+	// Content-Length).
+	EndEarly bool
 }
 
 // RecordedMessage is one decoded request message.
@@ -442,6 +450,89 @@ func lastUser(msgs []reqMessage) string {
 	return ""
 }
 
+// quickDecode reads what an unrecorded request needs (model, stream
+// options, token limits, response format, the last user message and the
+// prompt's word count) with a validating scan instead of decoding every
+// message: a load test's conversations grow to hundreds of turns, and the
+// mock must not become the bottleneck it measures. It reports false when
+// the body needs the full decoder (invalid JSON, unusual content).
+func quickDecode(body []byte, req *chatRequest, promptWords *int) bool {
+	if !gjson.ValidBytes(body) {
+		return false
+	}
+	root := gjson.ParseBytes(body)
+	if !root.IsObject() {
+		return false
+	}
+	// One pass over the document: looking keys up one by one would skim
+	// the whole messages array again for each of them.
+	words, ok, sawMessages := 0, true, false
+	var last, lastUser string
+	var haveLast, haveUser bool
+	root.ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "model":
+			req.Model = v.String()
+		case "stream":
+			req.Stream = v.Bool()
+		case "stream_options":
+			if v.IsObject() {
+				req.StreamOptions = &reqStreamOpt{IncludeUsage: v.Get("include_usage").Bool()}
+			}
+		case "max_tokens":
+			req.MaxTokens = int(v.Int())
+		case "max_completion_tokens":
+			req.MaxCompletion = int(v.Int())
+		case "response_format":
+			if v.IsObject() {
+				req.RespFormat = &reqRespFmt{Type: v.Get("type").String()}
+			}
+		case "messages":
+			if !v.IsArray() {
+				ok = false
+				return false
+			}
+			sawMessages = true
+			v.ForEach(func(_, m gjson.Result) bool {
+				var role string
+				var content gjson.Result
+				m.ForEach(func(mk, mv gjson.Result) bool {
+					switch mk.Str {
+					case "role":
+						role = mv.Str
+					case "content":
+						content = mv
+					}
+					return true
+				})
+				if content.Type != gjson.String && content.Type != gjson.Null {
+					ok = false // content parts: leave them to the full decoder
+					return false
+				}
+				words += countWords(content.Str)
+				last, haveLast = content.Str, true
+				if role == "user" {
+					lastUser, haveUser = content.Str, true
+				}
+				return true
+			})
+		}
+		return ok
+	})
+	if !ok || !sawMessages {
+		return false
+	}
+	if !haveUser {
+		lastUser, haveUser = last, haveLast
+	}
+	req.Messages = req.Messages[:0]
+	if haveUser {
+		req.Messages = append(req.Messages, reqMessage{Role: "user", Content: msgContent(lastUser)})
+	}
+	*promptWords = words
+	return true
+}
+
 // answer is what a request will be answered with.
 type answer struct {
 	id, model string
@@ -451,6 +542,7 @@ type answer struct {
 	toolCalls []ToolCall
 	finish    string
 	usage     usage
+	endEarly  bool
 }
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
@@ -459,9 +551,12 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	done := r.Context().Done()
 
 	var req chatRequest
+	promptWords := -1
 	_, err := st.body.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err == nil {
-		err = json.Unmarshal(st.body.Bytes(), &req)
+		if s.record || !quickDecode(st.body.Bytes(), &req, &promptWords) {
+			err = json.Unmarshal(st.body.Bytes(), &req)
+		}
 	}
 	var rec *RecordedRequest
 	if s.record {
@@ -489,7 +584,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 			writeError(w, st, reply.Status, "server_error", reply.ErrorMessage)
 			return
 		}
-		a.content, a.chunks = reply.Content, reply.Chunks
+		a.content, a.chunks, a.endEarly = reply.Content, reply.Chunks, reply.EndEarly
 		if a.content == "" && len(a.chunks) > 0 {
 			a.content = strings.Join(a.chunks, "")
 		}
@@ -523,8 +618,12 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	for i := range req.Messages {
-		a.usage.PromptTokens += countWords(string(req.Messages[i].Content))
+	if promptWords >= 0 {
+		a.usage.PromptTokens = promptWords
+	} else {
+		for i := range req.Messages {
+			a.usage.PromptTokens += countWords(string(req.Messages[i].Content))
+		}
 	}
 	a.usage.CompletionTokens = countWords(a.content)
 	for _, tc := range a.toolCalls {
@@ -568,10 +667,14 @@ func (s *Server) writeCompletion(w http.ResponseWriter, st *state, a *answer) {
 		writeError(w, st, http.StatusInternalServerError, "server_error", "mockllm: "+err.Error())
 		return
 	}
+	out := st.out.Bytes()
+	if a.endEarly {
+		out = out[:len(out)/2]
+	}
 	h := w.Header()
 	h["Content-Type"] = hvJSON
-	h.Set("Content-Length", strconv.Itoa(st.out.Len()))
+	h.Set("Content-Length", strconv.Itoa(len(out)))
 	h.Set("X-Request-Id", a.id)
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(st.out.Bytes())
+	_, _ = w.Write(out)
 }

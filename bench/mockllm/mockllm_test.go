@@ -936,3 +936,34 @@ func BenchmarkNonStreaming(b *testing.B) {
 func BenchmarkStreaming(b *testing.B) {
 	benchServe(b, `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello there general kenobi"}]}`)
 }
+
+// TestQuietAnswersLikeRecording: the unrecorded mock's quick request
+// decoding answers exactly as the full decoding does (content, usage,
+// limits, JSON mode), streamed or not.
+func TestQuietAnswersLikeRecording(t *testing.T) {
+	bodies := []string{
+		`{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"first question"},{"role":"assistant","content":"an answer with \"quotes\" and ünïcödé"},{"role":"user","content":"second question here"}]}`,
+		`{"model":"m","max_tokens":3,"messages":[{"role":"user","content":"limit me please now"}]}`,
+		`{"model":"m","response_format":{"type":"json_object"},"messages":[{"role":"user","content":"json please"}]}`,
+		`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"parts"}]}]}`,
+		`{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"r"},{"role":"user","content":"go on"}]}`,
+	}
+	strip := func(b []byte) string {
+		// ids and timestamps differ between servers
+		return regexp.MustCompile(`"(id|created)":("[^"]*"|[0-9]+)`).ReplaceAllString(string(b), "")
+	}
+	for _, body := range bodies {
+		var got [2]string
+		for i, srv := range []*Server{New(Config{Seed: 7}), NewQuiet(Config{Seed: 7})} {
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(body)))
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body.String())
+			}
+			got[i] = strip(rec.Body.Bytes())
+		}
+		if got[0] != got[1] {
+			t.Errorf("%s\nrecording: %s\nquiet:     %s", body, got[0], got[1])
+		}
+	}
+}

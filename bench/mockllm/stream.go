@@ -116,6 +116,9 @@ func (s *Server) stream(w http.ResponseWriter, st *state, done <-chan struct{}, 
 		}
 	}
 
+	if a.endEarly {
+		return
+	}
 	for i, tc := range a.toolCalls {
 		if !sw.step() {
 			return

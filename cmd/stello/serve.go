@@ -141,6 +141,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_goroutines", Help: "runtime.NumGoroutine()."},
 		func() float64 { return float64(runtime.NumGoroutine()) }))
 	reg.MustRegister(spaces.Collectors()...)
+	reg.MustRegister(engine.Collectors()...)
 	front := transport.New(transport.Options{MaxBodyBytes: c.maxBody, WSMaxMessageBytes: c.wsMaxMessage,
 		KeyCacheTTL: c.keyCacheTTL, KeyCacheSize: c.keyCacheSize, KeyLookupRate: c.keyLookupRate, Pprof: c.pprof, SeparateAdmin: c.adminAddr != "", Guard: panics}, spaces, db.store, db.store, log, reg)
 

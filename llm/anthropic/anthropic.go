@@ -3,17 +3,21 @@
 package anthropic
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	sdk "github.com/anthropics/anthropic-sdk-go"
 	"github.com/anthropics/anthropic-sdk-go/option"
+	"github.com/anthropics/anthropic-sdk-go/packages/ssestream"
 
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/internal/provutil"
@@ -62,6 +66,8 @@ type Config struct {
 type Client struct {
 	cfg Config
 	sdk sdk.Client
+	// tools caches the encoding of the last tool list.
+	tools atomic.Pointer[toolsCache]
 }
 
 var _ llm.Client = (*Client)(nil)
@@ -96,76 +102,218 @@ func New(cfg Config) (*Client, error) {
 // Name returns "anthropic/<model>".
 func (c *Client) Name() string { return ProviderName + "/" + c.cfg.Model }
 
-// Complete performs one non-streaming Messages call.
+// Complete performs one non-streaming Messages call. The reply counts only
+// if it is a message with a stop_reason; anything else (an HTML page,
+// truncated JSON, another object) is an error.
 func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
-	params, err := c.params(req)
+	body, err := c.body(req, false)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
-	// An explicit per-attempt timeout also keeps the SDK from refusing large
-	// max_tokens values without streaming; ctx still bounds the whole call.
+	// An explicit per-attempt timeout; ctx still bounds the whole call.
 	attempt := 10 * time.Minute
 	if c.cfg.Timeout > 0 {
 		attempt = c.cfg.Timeout
 	}
-	msg, err := c.sdk.Messages.New(ctx, params, option.WithRequestTimeout(attempt))
+	var raw *http.Response
+	err = c.sdk.Post(ctx, "v1/messages", nil, &raw, option.WithRequestBody("application/json", body), option.WithRequestTimeout(attempt))
 	if err != nil {
 		return nil, c.mapError(ctx, err)
 	}
-	return response(msg), nil
+	defer func() { _ = raw.Body.Close() }()
+	if !provutil.IsJSON(raw.Header.Get("Content-Type")) {
+		return nil, c.notA(raw, "message")
+	}
+	data, err := io.ReadAll(raw.Body)
+	if err != nil {
+		return nil, c.mapError(ctx, fmt.Errorf("reading the message: %w", err))
+	}
+	var msg message
+	if err := json.Unmarshal(data, &msg); err != nil {
+		return nil, c.fail("malformed message: " + err.Error())
+	}
+	if msg.Type != "message" {
+		return nil, c.fail(fmt.Sprintf("the answer is a %q, not a message: %s", msg.Type, provutil.BodyMessage(data)))
+	}
+	if msg.StopReason == "" {
+		return nil, c.fail("message has no stop_reason: the reply may be incomplete")
+	}
+	resp := msg.response()
+	resp.Raw = string(data)
+	return resp, nil
+}
+
+// message is the part of a Messages API message Stello reads.
+type message struct {
+	Type       string  `json:"type"`
+	Role       string  `json:"role,omitempty"`
+	Content    []block `json:"content"`
+	StopReason string  `json:"stop_reason"`
+	Usage      usage   `json:"usage"`
+}
+
+type block struct {
+	Type  string          `json:"type"`
+	Text  string          `json:"text,omitempty"`
+	ID    string          `json:"id,omitempty"`
+	Name  string          `json:"name,omitempty"`
+	Input json.RawMessage `json:"input,omitempty"`
+}
+
+type usage struct {
+	InputTokens              int `json:"input_tokens"`
+	OutputTokens             int `json:"output_tokens"`
+	CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
+	CacheReadInputTokens     int `json:"cache_read_input_tokens"`
+}
+
+func (m *message) response() *llm.Response {
+	var text strings.Builder
+	var calls []llm.ToolCall
+	for _, b := range m.Content {
+		switch b.Type {
+		case "text":
+			text.WriteString(b.Text)
+		case "tool_use":
+			calls = append(calls, llm.ToolCall{ID: b.ID, Name: b.Name, Input: provutil.ToolInput(string(b.Input))})
+		}
+	}
+	u := m.Usage
+	return &llm.Response{
+		Content:   text.String(),
+		ToolCalls: calls,
+		Usage: llm.Usage{
+			// Prompt tokens in total, cached ones included, like OpenAI's
+			// prompt_tokens.
+			InputTokens:  u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens,
+			OutputTokens: u.OutputTokens,
+		},
+	}
+}
+
+// streamEvent is the part of a streamed Messages event Stello reads.
+type streamEvent struct {
+	Type         string   `json:"type"`
+	Index        int      `json:"index"`
+	Message      *message `json:"message"`
+	ContentBlock *block   `json:"content_block"`
+	Delta        *struct {
+		Type        string `json:"type"`
+		Text        string `json:"text"`
+		PartialJSON string `json:"partial_json"`
+		StopReason  string `json:"stop_reason"`
+	} `json:"delta"`
+	Usage *usage `json:"usage"`
+	Error *struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	} `json:"error"`
 }
 
 // Stream performs one streaming Messages call, reporting text chunks and
-// tool-use input fragments to onDelta as they arrive.
+// tool-use input fragments to onDelta as they arrive. The reply counts only
+// once the stream sent message_stop; a stream that ends before, or a 200
+// that is not an event stream at all, is an error.
 func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
-	params, err := c.params(req)
+	body, err := c.body(req, true)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
-	stream := c.sdk.Messages.NewStreaming(ctx, params)
-	defer func() { _ = stream.Close() }()
+	// The SDK builds, authenticates, retries and maps errors of the
+	// request; events are decoded here into a lean struct.
+	var raw *http.Response
+	err = c.sdk.Post(ctx, "v1/messages", nil, &raw, option.WithRequestBody("application/json", body))
+	if err != nil {
+		return nil, c.mapError(ctx, err)
+	}
+	defer func() { _ = raw.Body.Close() }()
+	if !provutil.IsEventStream(raw.Header.Get("Content-Type")) {
+		return nil, c.notA(raw, "event stream")
+	}
+	dec := ssestream.NewDecoder(raw)
+	defer func() { _ = dec.Close() }()
 
 	sink := provutil.NewDeltaSink(onDelta)
 	var (
-		msg     sdk.Message
-		started bool
-		// tool-call ordinal by content block index
-		toolIndex = map[int64]int{}
+		msg              message
+		started, stopped bool
+		blocks           = map[int]*block{}           // by content block index
+		args             = map[int]*strings.Builder{} // text or tool input after the block's start
+		order            []int
+		toolIndex        = map[int]int{} // tool-call ordinal by block index
 	)
-	for stream.Next() {
-		event := stream.Current()
-		if err := msg.Accumulate(event); err != nil {
-			return nil, &llm.ProviderError{Provider: ProviderName, Message: provutil.CleanMessage("malformed stream: "+err.Error(), c.cfg.APIKey)}
+	for !stopped && dec.Next() {
+		data := bytes.TrimSpace(dec.Event().Data)
+		if len(data) == 0 {
+			continue
+		}
+		var ev streamEvent
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return nil, c.fail("malformed stream event: " + err.Error())
+		}
+		if dec.Event().Type == "error" || ev.Type == "error" {
+			m := "stream error"
+			if ev.Error != nil {
+				m += ": " + ev.Error.Message
+			}
+			return nil, c.fail(m)
 		}
 		var d llm.Delta
-		switch event.Type {
+		switch ev.Type {
 		case "message_start":
 			started = true
+			if ev.Message != nil {
+				msg.Usage = ev.Message.Usage
+			}
 		case "content_block_start":
-			block := event.ContentBlock
-			switch block.Type {
+			b := ev.ContentBlock
+			if b == nil || !started {
+				return nil, c.fail("malformed stream: content block outside a message")
+			}
+			blocks[ev.Index] = b
+			order = append(order, ev.Index)
+			args[ev.Index] = &strings.Builder{}
+			switch b.Type {
 			case "tool_use":
 				n := len(toolIndex)
-				toolIndex[event.Index] = n
-				d = llm.Delta{IsToolCall: true, ToolCallIndex: n, ToolCallID: block.ID, ToolCallName: block.Name}
+				toolIndex[ev.Index] = n
+				d = llm.Delta{IsToolCall: true, ToolCallIndex: n, ToolCallID: b.ID, ToolCallName: b.Name}
 			case "text":
-				d = llm.Delta{Text: block.Text}
+				d = llm.Delta{Text: b.Text}
 			}
 		case "content_block_delta":
-			switch event.Delta.Type {
+			b := blocks[ev.Index]
+			if b == nil || ev.Delta == nil {
+				return nil, c.fail("malformed stream: delta for an unknown content block")
+			}
+			switch ev.Delta.Type {
 			case "text_delta":
-				d = llm.Delta{Text: event.Delta.Text}
+				args[ev.Index].WriteString(ev.Delta.Text)
+				d = llm.Delta{Text: ev.Delta.Text}
 			case "input_json_delta":
-				if n, ok := toolIndex[event.Index]; ok && event.Delta.PartialJSON != "" {
-					d = llm.Delta{IsToolCall: true, ToolCallIndex: n, ArgsFragment: event.Delta.PartialJSON}
+				if n, ok := toolIndex[ev.Index]; ok && ev.Delta.PartialJSON != "" {
+					args[ev.Index].WriteString(ev.Delta.PartialJSON)
+					d = llm.Delta{IsToolCall: true, ToolCallIndex: n, ArgsFragment: ev.Delta.PartialJSON}
 				}
 			}
+		case "message_delta":
+			if ev.Delta != nil && ev.Delta.StopReason != "" {
+				msg.StopReason = ev.Delta.StopReason
+			}
+			if u := ev.Usage; u != nil {
+				msg.Usage.OutputTokens = u.OutputTokens
+				if u.InputTokens > 0 {
+					msg.Usage.InputTokens = u.InputTokens
+				}
+			}
+		case "message_stop":
+			stopped = true
 		}
 		if d == (llm.Delta{}) {
 			continue
@@ -174,16 +322,53 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 			return nil, err
 		}
 	}
-	if err := stream.Err(); err != nil {
+	if err := dec.Err(); err != nil {
 		return nil, c.mapError(ctx, err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, c.mapError(ctx, err)
 	}
 	if !started {
-		return nil, &llm.ProviderError{Provider: ProviderName, Message: "stream ended without a message"}
+		return nil, c.fail("stream ended without a message")
 	}
-	return response(&msg), nil
+	if !stopped {
+		return nil, c.fail("stream ended before message_stop: the reply is incomplete")
+	}
+	for _, i := range order {
+		b := blocks[i]
+		switch a := args[i]; {
+		case a.Len() == 0:
+		case b.Type == "text":
+			b.Text += a.String()
+		case b.Type == "tool_use":
+			b.Input = json.RawMessage(a.String())
+		}
+		msg.Content = append(msg.Content, *b)
+	}
+	msg.Type, msg.Role = "message", "assistant"
+	resp := msg.response()
+	if b, err := json.Marshal(msg); err == nil {
+		resp.Raw = string(b)
+	}
+	return resp, nil
+}
+
+// fail is a ProviderError with a cleaned message.
+func (c *Client) fail(msg string) error {
+	return &llm.ProviderError{Provider: ProviderName, Message: provutil.CleanMessage(msg, c.cfg.APIKey)}
+}
+
+// notA describes a 200 answer whose body is not what was asked for.
+func (c *Client) notA(raw *http.Response, what string) error {
+	ct := raw.Header.Get("Content-Type")
+	if ct == "" {
+		ct = "none"
+	}
+	msg := fmt.Sprintf("the answer is not a %s (status %d, content type %s)", what, raw.StatusCode, ct)
+	if b := provutil.BodyMessage(provutil.ReadBody(raw)); b != "" {
+		msg += ": " + b
+	}
+	return c.fail(msg)
 }
 
 func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -191,130 +376,6 @@ func (c *Client) withTimeout(ctx context.Context) (context.Context, context.Canc
 		return context.WithTimeout(ctx, c.cfg.Timeout)
 	}
 	return context.WithCancel(ctx)
-}
-
-// response converts an SDK message (complete or accumulated) to an
-// llm.Response.
-func response(msg *sdk.Message) *llm.Response {
-	var text strings.Builder
-	var calls []llm.ToolCall
-	for _, block := range msg.Content {
-		switch block.Type {
-		case "text":
-			text.WriteString(block.Text)
-		case "tool_use":
-			calls = append(calls, llm.ToolCall{ID: block.ID, Name: block.Name, Input: provutil.ToolInput(string(block.Input))})
-		}
-	}
-	u := msg.Usage
-	raw := msg.RawJSON()
-	if raw == "" {
-		if b, err := json.Marshal(msg); err == nil {
-			raw = string(b)
-		}
-	}
-	return &llm.Response{
-		Content:   text.String(),
-		ToolCalls: calls,
-		Usage: llm.Usage{
-			// Prompt tokens in total, cached ones included, like OpenAI's
-			// prompt_tokens.
-			InputTokens:  int(u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens),
-			OutputTokens: int(u.OutputTokens),
-		},
-		Raw: raw,
-	}
-}
-
-// params converts an llm.Request to SDK parameters. System messages go to
-// the system parameter; tool results become tool_result blocks of a user
-// message; consecutive messages of one role are merged into one message.
-func (c *Client) params(req llm.Request) (sdk.MessageNewParams, error) {
-	maxTokens := req.MaxTokens
-	if maxTokens <= 0 {
-		maxTokens = c.cfg.MaxTokens
-	}
-	if maxTokens <= 0 {
-		maxTokens = DefaultMaxTokens
-	}
-	p := sdk.MessageNewParams{Model: sdk.Model(c.cfg.Model), MaxTokens: int64(maxTokens)}
-
-	var system []string
-	add := func(role sdk.MessageParamRole, blocks ...sdk.ContentBlockParamUnion) {
-		if len(blocks) == 0 {
-			return
-		}
-		if n := len(p.Messages); n > 0 && p.Messages[n-1].Role == role {
-			p.Messages[n-1].Content = append(p.Messages[n-1].Content, blocks...)
-			return
-		}
-		p.Messages = append(p.Messages, sdk.MessageParam{Role: role, Content: blocks})
-	}
-
-	for i, m := range req.Messages {
-		switch m.Role {
-		case llm.RoleSystem:
-			if s := strings.TrimSpace(m.Content); s != "" {
-				system = append(system, s)
-			}
-		case llm.RoleUser:
-			if m.Content != "" {
-				add(sdk.MessageParamRoleUser, sdk.NewTextBlock(m.Content))
-			}
-		case llm.RoleAssistant:
-			var blocks []sdk.ContentBlockParamUnion
-			if m.Content != "" {
-				blocks = append(blocks, sdk.NewTextBlock(m.Content))
-			}
-			for _, tc := range m.ToolCalls {
-				blocks = append(blocks, sdk.NewToolUseBlock(tc.ID, json.RawMessage(provutil.Arguments(tc.Input)), tc.Name))
-			}
-			add(sdk.MessageParamRoleAssistant, blocks...)
-		case llm.RoleTool:
-			result := sdk.ToolResultBlockParam{ToolUseID: m.ToolCallID}
-			if m.Content != "" {
-				result.Content = []sdk.ToolResultBlockParamContentUnion{{OfText: &sdk.TextBlockParam{Text: m.Content}}}
-			}
-			add(sdk.MessageParamRoleUser, sdk.ContentBlockParamUnion{OfToolResult: &result})
-		default:
-			return p, &llm.ProviderError{Provider: ProviderName, Message: fmt.Sprintf("message %d has unsupported role %q", i, m.Role)}
-		}
-	}
-
-	if req.Format == llm.FormatJSON {
-		system = append(system, jsonInstruction)
-	}
-	if len(system) > 0 {
-		p.System = []sdk.TextBlockParam{{Text: strings.Join(system, "\n\n")}}
-	}
-
-	for _, t := range req.Tools {
-		schema, err := provutil.SchemaObject(t.Parameters)
-		if err != nil {
-			return p, &llm.ProviderError{Provider: ProviderName, Message: fmt.Sprintf("tool %q: %v", t.Name, err)}
-		}
-		input := sdk.ToolInputSchemaParam{ExtraFields: map[string]any{}}
-		for k, v := range schema {
-			switch k {
-			case "type":
-				// always "object", set by the SDK
-			case "properties":
-				input.Properties = v
-			case "required":
-				if err := json.Unmarshal(v, &input.Required); err != nil {
-					return p, &llm.ProviderError{Provider: ProviderName, Message: fmt.Sprintf("tool %q: required must be a list of names", t.Name)}
-				}
-			default:
-				input.ExtraFields[k] = v
-			}
-		}
-		tool := sdk.ToolParam{Name: t.Name, InputSchema: input}
-		if t.Description != "" {
-			tool.Description = sdk.String(t.Description)
-		}
-		p.Tools = append(p.Tools, sdk.ToolUnionParam{OfTool: &tool})
-	}
-	return p, nil
 }
 
 // mapError converts any failure into a *llm.ProviderError (or a

@@ -234,7 +234,7 @@ func TestMaxTokensAndJSONFormat(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := newServer(t, jsonReply(200, `{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"{}"}],"usage":{"input_tokens":1,"output_tokens":1}}`))
+			srv := newServer(t, jsonReply(200, `{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"{}"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}`))
 			c := srv.client(t, noRetry, func(c *anthropic.Config) { c.MaxTokens = tt.cfgMax })
 			req := simpleRequest()
 			req.MaxTokens = tt.reqMax
@@ -402,7 +402,7 @@ func TestRetriesServerErrors(t *testing.T) {
 		w.Header().Set("Retry-After-Ms", "1")
 		jsonReply(529, `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`)(w, r)
 	}
-	ok := jsonReply(200, `{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"recovered"}],"usage":{"input_tokens":1,"output_tokens":1}}`)
+	ok := jsonReply(200, `{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"recovered"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}`)
 
 	t.Run("retried", func(t *testing.T) {
 		srv := newServer(t, fail, ok)
@@ -524,7 +524,7 @@ func TestInvalidRequest(t *testing.T) {
 func TestIgnoresEnvironment(t *testing.T) {
 	t.Setenv("ANTHROPIC_API_KEY", "sk-ant-from-env")
 	t.Setenv("ANTHROPIC_AUTH_TOKEN", "tok-from-env")
-	srv := newServer(t, jsonReply(200, `{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"ok"}],"usage":{"input_tokens":1,"output_tokens":1}}`))
+	srv := newServer(t, jsonReply(200, `{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}`))
 	c := srv.client(t, noRetry)
 	_, err := c.Complete(context.Background(), simpleRequest())
 	require.NoError(t, err)

@@ -4,10 +4,12 @@
 package openai
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -16,7 +18,6 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/packages/ssestream"
-	"github.com/openai/openai-go/v3/shared"
 	"github.com/tidwall/gjson"
 
 	"github.com/stellohq/stello/llm"
@@ -67,6 +68,8 @@ type Client struct {
 	// reasoning models) over the legacy max_tokens that most compatible
 	// servers understand.
 	maxCompletionTokens bool
+	// tools caches the encoding of the last tool list.
+	tools toolsPointer
 }
 
 var _ llm.Client = (*Client)(nil)
@@ -106,9 +109,11 @@ func New(cfg Config) (*Client, error) {
 // Name returns "openai/<model>".
 func (c *Client) Name() string { return ProviderName + "/" + c.cfg.Model }
 
-// Complete performs one non-streaming chat completion.
+// Complete performs one non-streaming chat completion. The reply counts
+// only if it is a chat completion with a choice that has a finish_reason;
+// anything else (an HTML page, truncated JSON, no choices) is an error.
 func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
-	params, err := c.params(req)
+	body, err := c.body(req, false)
 	if err != nil {
 		return nil, err
 	}
@@ -116,60 +121,127 @@ func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, 
 	defer cancel()
 
 	var status int
-	completion, err := c.sdk.Chat.Completions.New(ctx, params, statusRecorder(&status))
+	var raw *http.Response
+	err = c.sdk.Post(ctx, "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
 	if err != nil {
 		return nil, c.mapError(ctx, err, status)
 	}
-	if len(completion.Choices) == 0 {
-		return nil, &llm.ProviderError{Provider: ProviderName, Message: "response has no choices"}
+	defer func() { _ = raw.Body.Close() }()
+	if !provutil.IsJSON(raw.Header.Get("Content-Type")) {
+		return nil, c.notA(raw, "chat completion")
 	}
-	msg := completion.Choices[0].Message
-	resp := &llm.Response{
-		Content:   msg.Content,
-		ToolCalls: toolCalls(msg.ToolCalls),
-		Usage: llm.Usage{
-			InputTokens:  int(completion.Usage.PromptTokens),
-			OutputTokens: int(completion.Usage.CompletionTokens),
-		},
-		Raw: completion.RawJSON(),
+	data, err := io.ReadAll(raw.Body)
+	if err != nil {
+		return nil, c.mapError(ctx, fmt.Errorf("reading the completion: %w", err), status)
+	}
+	// The reply is decoded into the few fields Stello reads, which costs a
+	// fraction of the SDK's reflective ChatCompletion.
+	var comp completion
+	if err := json.Unmarshal(data, &comp); err != nil {
+		return nil, c.fail("malformed completion: " + err.Error())
+	}
+	if len(comp.Choices) == 0 {
+		return nil, c.fail("completion has no choices: " + provutil.BodyMessage(data))
+	}
+	choice := comp.Choices[0]
+	for _, ch := range comp.Choices {
+		if ch.Index == 0 {
+			choice = ch
+			break
+		}
+	}
+	if choice.FinishReason == "" {
+		return nil, c.fail("completion has no finish_reason: the reply may be incomplete")
+	}
+	resp := &llm.Response{ToolCalls: completionCalls(choice.Message.ToolCalls), Raw: string(data)}
+	if choice.Message.Content != nil {
+		resp.Content = *choice.Message.Content
+	}
+	if u := comp.Usage; u != nil {
+		resp.Usage = llm.Usage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens}
 	}
 	return resp, nil
 }
 
+// completion is the part of a chat.completion Stello reads.
+type completion struct {
+	Choices []struct {
+		Index        int    `json:"index"`
+		FinishReason string `json:"finish_reason"`
+		Message      struct {
+			Content   *string `json:"content"`
+			ToolCalls []struct {
+				ID       string `json:"id"`
+				Type     string `json:"type"`
+				Function struct {
+					Name      string `json:"name"`
+					Arguments string `json:"arguments"`
+				} `json:"function"`
+			} `json:"tool_calls"`
+		} `json:"message"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+	} `json:"usage"`
+}
+
 // Stream performs one streaming chat completion, reporting text chunks and
-// tool-call fragments to onDelta as they arrive.
+// tool-call fragments to onDelta as they arrive. The reply counts only if
+// the stream said it was complete: a choice with a finish_reason, or the
+// [DONE] event. A stream that ends without either, or a 200 that is not an
+// event stream at all, is an error.
 func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
-	params, err := c.params(req)
+	body, err := c.body(req, true)
 	if err != nil {
 		return nil, err
 	}
-	// Ask for a final usage chunk; servers that ignore it simply send none.
-	params.StreamOptions = oai.ChatCompletionStreamOptionsParam{IncludeUsage: oai.Bool(true)}
-
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
-	// The SDK builds, authenticates, retries and maps errors of the request
-	// and parses the event stream; each chunk is decoded into a lean struct
-	// with encoding/json, which costs a fraction of the SDK's reflective
-	// chunk type on this hot path (one decode per streamed token).
+	// The SDK builds, authenticates, retries and maps errors of the request;
+	// the event stream is read here, each chunk decoded into a lean struct,
+	// which costs a fraction of the SDK's reflective chunk type on this hot
+	// path (one decode per streamed token).
 	var status int
 	var raw *http.Response
-	err = c.sdk.Post(ctx, "chat/completions", params, &raw, option.WithJSONSet("stream", true), statusRecorder(&status))
-	var dec ssestream.Decoder
-	if err == nil {
-		dec = ssestream.NewDecoder(raw)
+	err = c.sdk.Post(ctx, "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
+	if err != nil {
+		return nil, c.mapError(ctx, err, status)
 	}
-	stream := ssestream.NewStream[streamChunk](dec, err)
-	defer func() { _ = stream.Close() }()
+	defer func() { _ = raw.Body.Close() }()
+	if !provutil.IsEventStream(raw.Header.Get("Content-Type")) {
+		return nil, c.notA(raw, "event stream")
+	}
+	dec := ssestream.NewDecoder(raw)
+	defer func() { _ = dec.Close() }()
 
 	sink := provutil.NewDeltaSink(onDelta)
 	var (
-		own   assembly
-		usage llm.Usage
+		own            assembly
+		usage          llm.Usage
+		done, finished bool
+		chunk          streamChunk
 	)
-	for stream.Next() {
-		chunk := stream.Current()
+	for !done && dec.Next() {
+		data := bytes.TrimSpace(dec.Event().Data)
+		if len(data) == 0 {
+			continue
+		}
+		if bytes.Equal(data, doneEvent) {
+			done = true
+			break
+		}
+		if e := gjson.GetBytes(data, "error"); e.Exists() {
+			msg := gjson.GetBytes(data, "error.message").String()
+			if msg == "" {
+				msg = e.String()
+			}
+			return nil, c.fail("stream error: " + msg)
+		}
+		if err := parseChunk(data, &chunk); err != nil {
+			return nil, c.fail(err.Error())
+		}
 		if u := chunk.Usage; u != nil && (u.PromptTokens > 0 || u.CompletionTokens > 0) {
 			// Usage totals; some servers repeat them cumulatively, so keep the last.
 			usage = llm.Usage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens}
@@ -178,44 +250,108 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 			if choice.Index != 0 {
 				continue
 			}
+			if choice.FinishReason != "" {
+				finished = true
+			}
 			if err := own.add(choice.Delta, sink); err != nil {
 				return nil, err
 			}
 		}
 	}
-	if err := stream.Err(); err != nil {
+	if err := dec.Err(); err != nil {
 		return nil, c.mapError(ctx, err, status)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, c.mapError(ctx, err, status)
+	}
+	if !done && !finished {
+		return nil, c.fail("stream ended before the model finished (no finish_reason and no [DONE]): the reply is incomplete")
 	}
 	resp := &llm.Response{Usage: usage, Content: own.text.String(), ToolCalls: own.toolCalls()}
 	resp.Raw = rawReconstruction(resp)
 	return resp, nil
 }
 
+var doneEvent = []byte("[DONE]")
+
+// fail is a ProviderError with a cleaned message.
+func (c *Client) fail(msg string) error {
+	return &llm.ProviderError{Provider: ProviderName, Message: provutil.CleanMessage(msg, c.cfg.APIKey)}
+}
+
+// notA describes a 200 answer whose body is not what was asked for.
+func (c *Client) notA(raw *http.Response, what string) error {
+	ct := raw.Header.Get("Content-Type")
+	if ct == "" {
+		ct = "none"
+	}
+	msg := fmt.Sprintf("the answer is not a %s (status %d, content type %s)", what, raw.StatusCode, ct)
+	if b := provutil.BodyMessage(provutil.ReadBody(raw)); b != "" {
+		msg += ": " + b
+	}
+	return c.fail(msg)
+}
+
 // streamChunk is the part of a chat.completion.chunk Stello reads.
 type streamChunk struct {
-	Choices []struct {
-		Index int        `json:"index"`
-		Delta chunkDelta `json:"delta"`
-	} `json:"choices"`
-	Usage *struct {
-		PromptTokens     int `json:"prompt_tokens"`
-		CompletionTokens int `json:"completion_tokens"`
-	} `json:"usage"`
+	Choices []chunkChoice
+	Usage   *chunkUsage
+}
+
+type chunkChoice struct {
+	Index        int
+	Delta        chunkDelta
+	FinishReason string
+}
+
+type chunkUsage struct {
+	PromptTokens     int
+	CompletionTokens int
 }
 
 type chunkDelta struct {
-	Content   string `json:"content"`
-	ToolCalls []struct {
-		Index    int    `json:"index"`
-		ID       string `json:"id"`
-		Function struct {
-			Name      string `json:"name"`
-			Arguments string `json:"arguments"`
-		} `json:"function"`
-	} `json:"tool_calls"`
+	Content   string
+	ToolCalls []chunkToolCall
+}
+
+type chunkToolCall struct {
+	Index     int
+	ID        string
+	Name      string
+	Arguments string
+}
+
+// parseChunk reads a chat.completion.chunk into c (reusing its slices).
+// One chunk arrives per streamed token, so it is read with a validating
+// scan and direct field lookups instead of reflective decoding, which was
+// half of the streaming path's CPU.
+func parseChunk(data []byte, c *streamChunk) error {
+	if !gjson.ValidBytes(data) {
+		return errors.New("malformed stream chunk: invalid JSON")
+	}
+	root := gjson.ParseBytes(data)
+	if !root.IsObject() {
+		return errors.New("malformed stream chunk: not an object")
+	}
+	c.Choices = c.Choices[:0]
+	c.Usage = nil
+	root.Get("choices").ForEach(func(_, ch gjson.Result) bool {
+		choice := chunkChoice{Index: int(ch.Get("index").Int()), FinishReason: ch.Get("finish_reason").String()}
+		d := ch.Get("delta")
+		choice.Delta.Content = d.Get("content").String()
+		d.Get("tool_calls").ForEach(func(_, tc gjson.Result) bool {
+			fn := tc.Get("function")
+			choice.Delta.ToolCalls = append(choice.Delta.ToolCalls, chunkToolCall{Index: int(tc.Get("index").Int()),
+				ID: tc.Get("id").String(), Name: fn.Get("name").String(), Arguments: fn.Get("arguments").String()})
+			return true
+		})
+		c.Choices = append(c.Choices, choice)
+		return true
+	})
+	if u := root.Get("usage"); u.IsObject() {
+		c.Usage = &chunkUsage{PromptTokens: int(u.Get("prompt_tokens").Int()), CompletionTokens: int(u.Get("completion_tokens").Int())}
+	}
+	return nil
 }
 
 // assembly rebuilds a streamed reply from its deltas and reports them.
@@ -244,7 +380,7 @@ func (a *assembly) add(d chunkDelta, sink *provutil.DeltaSink) error {
 			a.calls = append(a.calls, nil)
 			a.args = append(a.args, strings.Builder{})
 		}
-		delta := llm.Delta{IsToolCall: true, ToolCallIndex: idx, ArgsFragment: tc.Function.Arguments}
+		delta := llm.Delta{IsToolCall: true, ToolCallIndex: idx, ArgsFragment: tc.Arguments}
 		call := a.calls[idx]
 		if call == nil {
 			call = &llm.ToolCall{}
@@ -256,11 +392,11 @@ func (a *assembly) add(d chunkDelta, sink *provutil.DeltaSink) error {
 			call.ID = tc.ID
 			delta.ToolCallID = tc.ID
 		}
-		if tc.Function.Name != "" && call.Name == "" {
-			call.Name = tc.Function.Name
-			delta.ToolCallName = tc.Function.Name
+		if tc.Name != "" && call.Name == "" {
+			call.Name = tc.Name
+			delta.ToolCallName = tc.Name
 		}
-		a.args[idx].WriteString(tc.Function.Arguments)
+		a.args[idx].WriteString(tc.Arguments)
 		if delta.ToolCallID == "" && delta.ToolCallName == "" && delta.ArgsFragment == "" {
 			continue
 		}
@@ -282,7 +418,14 @@ func (a *assembly) toolCalls() []llm.ToolCall {
 	return out
 }
 
-func toolCalls(calls []oai.ChatCompletionMessageToolCallUnion) []llm.ToolCall {
+func completionCalls(calls []struct {
+	ID       string `json:"id"`
+	Type     string `json:"type"`
+	Function struct {
+		Name      string `json:"name"`
+		Arguments string `json:"arguments"`
+	} `json:"function"`
+}) []llm.ToolCall {
 	var out []llm.ToolCall
 	for _, tc := range calls {
 		if tc.Type != "" && tc.Type != "function" {
@@ -305,76 +448,6 @@ func (c *Client) withTimeout(ctx context.Context) (context.Context, context.Canc
 		return context.WithTimeout(ctx, c.cfg.Timeout)
 	}
 	return context.WithCancel(ctx)
-}
-
-// params converts an llm.Request to SDK parameters.
-func (c *Client) params(req llm.Request) (oai.ChatCompletionNewParams, error) {
-	p := oai.ChatCompletionNewParams{Model: shared.ChatModel(c.cfg.Model)}
-
-	for i, m := range req.Messages {
-		switch m.Role {
-		case llm.RoleSystem:
-			p.Messages = append(p.Messages, oai.SystemMessage(m.Content))
-		case llm.RoleUser:
-			p.Messages = append(p.Messages, oai.UserMessage(m.Content))
-		case llm.RoleAssistant:
-			asst := oai.ChatCompletionAssistantMessageParam{}
-			if m.Content != "" || len(m.ToolCalls) == 0 {
-				asst.Content.OfString = oai.String(m.Content)
-			}
-			for _, tc := range m.ToolCalls {
-				asst.ToolCalls = append(asst.ToolCalls, oai.ChatCompletionMessageToolCallUnionParam{
-					OfFunction: &oai.ChatCompletionMessageFunctionToolCallParam{
-						ID: tc.ID,
-						Function: oai.ChatCompletionMessageFunctionToolCallFunctionParam{
-							Name:      tc.Name,
-							Arguments: provutil.Arguments(tc.Input),
-						},
-					},
-				})
-			}
-			p.Messages = append(p.Messages, oai.ChatCompletionMessageParamUnion{OfAssistant: &asst})
-		case llm.RoleTool:
-			p.Messages = append(p.Messages, oai.ToolMessage(m.Content, m.ToolCallID))
-		default:
-			return p, &llm.ProviderError{Provider: ProviderName, Message: fmt.Sprintf("message %d has unsupported role %q", i, m.Role)}
-		}
-	}
-
-	for _, t := range req.Tools {
-		schema, err := provutil.SchemaObject(t.Parameters)
-		if err != nil {
-			return p, &llm.ProviderError{Provider: ProviderName, Message: fmt.Sprintf("tool %q: %v", t.Name, err)}
-		}
-		params := make(shared.FunctionParameters, len(schema))
-		for k, v := range schema {
-			params[k] = v
-		}
-		def := shared.FunctionDefinitionParam{Name: t.Name, Parameters: params}
-		if t.Description != "" {
-			def.Description = oai.String(t.Description)
-		}
-		p.Tools = append(p.Tools, oai.ChatCompletionFunctionTool(def))
-	}
-
-	maxTokens := req.MaxTokens
-	if maxTokens <= 0 {
-		maxTokens = c.cfg.MaxTokens
-	}
-	if maxTokens > 0 {
-		if c.maxCompletionTokens {
-			p.MaxCompletionTokens = oai.Int(int64(maxTokens))
-		} else {
-			p.MaxTokens = oai.Int(int64(maxTokens))
-		}
-	}
-
-	if req.Format == llm.FormatJSON {
-		p.ResponseFormat = oai.ChatCompletionNewParamsResponseFormatUnion{
-			OfJSONObject: &shared.ResponseFormatJSONObjectParam{},
-		}
-	}
-	return p, nil
 }
 
 // statusRecorder records the HTTP status of the last attempt, so failures

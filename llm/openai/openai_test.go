@@ -216,7 +216,7 @@ func TestCompleteRequestAndResponse(t *testing.T) {
 }
 
 func TestRequestMaxTokensOverridesConfig(t *testing.T) {
-	srv := newServer(t, jsonReply(200, `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}`))
+	srv := newServer(t, jsonReply(200, `{"id":"x","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi"}}]}`))
 	c := srv.client(t, func(c *openai.Config) { c.MaxRetries = 0 })
 	_, err := c.Complete(context.Background(), llm.Request{
 		Messages:  []llm.Message{{Role: llm.RoleUser, Content: "hi"}},
@@ -395,7 +395,7 @@ func TestRetriesServerErrors(t *testing.T) {
 		w.Header().Set("Retry-After-Ms", "1")
 		jsonReply(503, `{"error":{"message":"try again"}}`)(w, r)
 	}
-	ok := jsonReply(200, `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"recovered"}}]}`)
+	ok := jsonReply(200, `{"id":"x","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"recovered"}}]}`)
 
 	t.Run("retried", func(t *testing.T) {
 		srv := newServer(t, fail, ok)
@@ -530,7 +530,7 @@ func (rt redirect) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func TestOfficialEndpointUsesMaxCompletionTokens(t *testing.T) {
-	srv := newServer(t, jsonReply(200, `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}`))
+	srv := newServer(t, jsonReply(200, `{"id":"x","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi"}}]}`))
 	c, err := openai.New(openai.Config{
 		APIKey:     apiKey,
 		Model:      "gpt-test",
@@ -549,7 +549,7 @@ func TestOfficialEndpointUsesMaxCompletionTokens(t *testing.T) {
 
 func TestEmptyAPIKeyIgnoresEnvironment(t *testing.T) {
 	t.Setenv("OPENAI_API_KEY", "sk-from-env-should-not-leak")
-	srv := newServer(t, jsonReply(200, `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}`))
+	srv := newServer(t, jsonReply(200, `{"id":"x","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi"}}]}`))
 	c := srv.client(t, func(c *openai.Config) { c.APIKey = ""; c.MaxRetries = 0 })
 	_, err := c.Complete(context.Background(), llm.Request{Messages: []llm.Message{{Role: llm.RoleUser, Content: "hi"}}})
 	require.NoError(t, err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"regexp"
@@ -118,6 +119,18 @@ func BodyMessage(body []byte) string {
 }
 
 var htmlTags = regexp.MustCompile(`<[^>]*>`)
+
+// IsJSON reports whether a Content-Type names JSON.
+func IsJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// IsEventStream reports whether a Content-Type names Server-Sent Events.
+func IsEventStream(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == "text/event-stream"
+}
 
 // ReadBody reads at most 8 KiB of an error response body; nil-safe.
 func ReadBody(res *http.Response) []byte {

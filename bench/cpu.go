@@ -1,0 +1,364 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/stellohq/stello/bench/mockllm"
+)
+
+// cpuTime reads a process's user+system CPU time from /proc/<pid>/stat.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces; fields after the
+	// closing parenthesis are fixed: utime and stime are fields 14 and 15.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("malformed /proc stat times")
+	}
+	// USER_HZ is 100 on every Linux the harness runs on.
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// turnMode is how a cpu phase runs its turns.
+type turnMode string
+
+const (
+	modeREST turnMode = "rest"
+	modeSSE  turnMode = "sse"
+	modeWS   turnMode = "websocket"
+)
+
+// cpuPhase is one measured phase of the cpu scenario.
+type cpuPhase struct {
+	Name          string  `json:"name"`
+	Mode          string  `json:"mode"`
+	Turns         int     `json:"turns"`
+	HistoryTurns  string  `json:"historyTurns"`
+	CPUMs         float64 `json:"cpuMs"`
+	CPUPerTurnUs  float64 `json:"cpuPerTurnUs"`
+	TurnsPerS     float64 `json:"turnsPerS"`
+	Errors        int     `json:"errors"`
+	RequestKiBAvg float64 `json:"requestKiBAvg,omitempty"`
+}
+
+// cpuScenario measures the server's own CPU per turn through the HTTP mock
+// model: 512 sessions at 10 and about 20 turns of history (REST, SSE,
+// WebSocket), and 32 sessions at 10 and at 200 turns.
+func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
+	if !r.cfg.Spawn && r.cfg.ServerPID == 0 {
+		return nil, errors.New("cpu needs --spawn or --server-pid")
+	}
+	// The HTTP mock by default; with --model fake the same phases on the
+	// in-process model show what a turn costs without a model client.
+	model := mockllm.Config{ReplyTokens: 20}
+	if r.cfg.Model == "fake" {
+		model = fakeModel
+	}
+	saved := r.cfg.Model
+	if saved == "auto" {
+		r.cfg.Model = "mock"
+	}
+	t, err := r.start(ctx, model)
+	r.cfg.Model = saved
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	c := r.cfg
+	short, long := c.CPUSessions, c.CPULongSessions
+	a := newAPI(t.url, t.key, c.Clients)
+	sess, err := setupSessions(ctx, a, c.Spaces, short)
+	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	hist := make([]int, len(sess))
+	var phases []cpuPhase
+	var failMu sync.Mutex
+	var failures []string
+
+	// rounds runs n turns on every session of set, clients at a time;
+	// a session's turns are serial.
+	rounds := func(set []benchSession, h []int, n int, mode turnMode) (int, int, time.Duration) {
+		ok, bad := 0, 0
+		start := time.Now()
+		type res struct{ ok, bad int }
+		results := make(chan res, c.Clients)
+		per := (len(set) + c.Clients - 1) / c.Clients
+		workers := 0
+		for w := 0; w*per < len(set); w++ {
+			workers++
+			lo, hi := w*per, min((w+1)*per, len(set))
+			go func() {
+				var r res
+				defer func() { results <- r }()
+				var ws map[string]*wsClient
+				defer func() {
+					for _, c := range ws {
+						c.close()
+					}
+				}()
+				for k := 0; k < n && ctx.Err() == nil; k++ {
+					for i := lo; i < hi; i++ {
+						var err error
+						switch mode {
+						case modeREST:
+							err = a.turn(ctx, set[i].space, set[i].session, "load test input")
+						case modeSSE:
+							err = a.sseTurn(ctx, set[i].space, set[i].session, "load test input")
+						case modeWS:
+							if ws == nil {
+								ws = map[string]*wsClient{}
+							}
+							err = wsTurn(ctx, t, ws, set[i])
+						}
+						if err != nil {
+							r.bad++
+							failMu.Lock()
+							if len(failures) < 5 {
+								failures = append(failures, err.Error())
+							}
+							failMu.Unlock()
+							continue
+						}
+						r.ok++
+						h[i]++
+					}
+				}
+			}()
+		}
+		for ; workers > 0; workers-- {
+			x := <-results
+			ok += x.ok
+			bad += x.bad
+		}
+		return ok, bad, time.Since(start)
+	}
+	histRange := func(h []int, n int) string {
+		lo, hi := h[0], h[0]
+		for _, v := range h {
+			lo, hi = min(lo, v), max(hi, v)
+		}
+		return fmt.Sprintf("%d–%d", lo, hi+n-1)
+	}
+	measure := func(name string, set []benchSession, h []int, n int, mode turnMode) error {
+		hr := histRange(h, n)
+		before, err := cpuTime(t.pid)
+		if err != nil {
+			return err
+		}
+		ok, bad, el := rounds(set, h, n, mode)
+		after, err := cpuTime(t.pid)
+		if err != nil {
+			return err
+		}
+		p := cpuPhase{Name: name, Mode: string(mode), Turns: ok, HistoryTurns: hr, CPUMs: float64((after - before).Milliseconds()),
+			TurnsPerS: round2(float64(ok) / el.Seconds()), Errors: bad}
+		if ok > 0 {
+			p.CPUPerTurnUs = round2(float64((after - before).Microseconds()) / float64(ok))
+		}
+		r.progress("cpu: %s: %d turns (history %s turns), %.0f µs CPU/turn, %.0f turns/s, %d errors",
+			name, ok, hr, p.CPUPerTurnUs, p.TurnsPerS, bad)
+		phases = append(phases, p)
+		return nil
+	}
+	fillTo := func(set []benchSession, h []int, target int) {
+		if n := target - h[0]; n > 0 {
+			r.progress("cpu: growing %d sessions to %d turns", len(set), target)
+			_, bad, _ := rounds(set, h, n, modeREST)
+			if bad > 0 {
+				r.progress("cpu: %d turns failed while growing", bad)
+			}
+		}
+	}
+	fillTo(sess, hist, 10)
+	if err := measure("history10", sess, hist, 2, modeREST); err != nil {
+		return nil, err
+	}
+	fillTo(sess, hist, 20)
+	for _, m := range []turnMode{modeREST, modeSSE, modeWS} {
+		if err := measure("history20-"+string(m), sess, hist, 2, m); err != nil {
+			return nil, err
+		}
+	}
+	longSess, err := setupSessions(ctx, a, long, long)
+	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	// The growth figure compares the same sessions at the same
+	// concurrency, at 10 and at 200 turns of history.
+	longHist := make([]int, len(longSess))
+	fillTo(longSess, longHist, 10)
+	if err := measure("long-history10", longSess, longHist, c.CPULongRounds, modeREST); err != nil {
+		return nil, err
+	}
+	fillTo(longSess, longHist, 200)
+	if err := measure("history200", longSess, longHist, c.CPULongRounds, modeREST); err != nil {
+		return nil, err
+	}
+
+	res := &Result{Name: "cpu", Settings: t.settings, Unit: "µs CPU/turn"}
+	res.Settings["sessions"], res.Settings["longSessions"], res.Settings["clients"] = short, long, c.Clients
+	res.Settings["inputBytes"], res.Settings["replyWords"] = len("load test input"), model.ReplyTokens
+	byName := map[string]cpuPhase{}
+	errs := 0
+	for _, p := range phases {
+		byName[p.Name] = p
+		errs += p.Errors
+	}
+	res.Throughput = byName["history20-rest"].CPUPerTurnUs
+	res.Errors = errs
+	growth := 0.0
+	if h10 := byName["long-history10"].CPUPerTurnUs; h10 > 0 {
+		growth = round2(byName["history200"].CPUPerTurnUs / h10)
+	}
+	res.Extra = map[string]any{"phases": phases, "growth200over10": growth,
+		"restUs": byName["history20-rest"].CPUPerTurnUs, "sseUs": byName["history20-sse"].CPUPerTurnUs,
+		"wsUs": byName["history20-websocket"].CPUPerTurnUs}
+	if len(failures) > 0 {
+		res.ErrorSamples = map[string]int{}
+		for _, f := range failures {
+			res.ErrorSamples[f]++
+		}
+	}
+	res.Target = "rest ≤250µs, sse/ws ≤300µs, 200÷10 ≤1.5"
+	res.Met = boolp(res.Throughput <= 250 && byName["history20-sse"].CPUPerTurnUs <= 300 &&
+		byName["history20-websocket"].CPUPerTurnUs <= 300 && growth <= 1.5 && errs == 0)
+	return res, nil
+}
+
+// wsTurn runs one streamed turn over a WebSocket to the session's space,
+// kept open per space in conns.
+func wsTurn(ctx context.Context, t *target, conns map[string]*wsClient, s benchSession) error {
+	w := conns[s.session]
+	if w == nil {
+		var err error
+		if w, err = dialWS(ctx, t.url, t.key, s.space); err != nil {
+			return err
+		}
+		if err := w.enter(s.session); err != nil {
+			w.close()
+			return err
+		}
+		conns[s.session] = w
+	}
+	if err := w.send(map[string]any{"type": "session.stream", "input": "load test input", "id": "t"}); err != nil {
+		return err
+	}
+	for {
+		m, err := w.read(2 * time.Minute)
+		if err != nil {
+			return err
+		}
+		if m.Type == "stream.end" {
+			return nil
+		}
+	}
+}
+
+// sseTurn runs one turn as an SSE stream and reads it to its end event.
+func (a *api) sseTurn(ctx context.Context, spaceID, sessionID, input string) error {
+	b, _ := json.Marshal(map[string]any{"input": input})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.base+"/spaces/"+spaceID+"/sessions/"+sessionID+"/turn", bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-API-Key", a.key)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return &apiError{Status: resp.StatusCode}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		switch sc.Text() {
+		case "event: end":
+			return nil
+		case "event: error":
+			sc.Scan()
+			return fmt.Errorf("sse error: %s", sc.Text())
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return errors.New("sse stream ended without an end event")
+}
+
+// footprint measures a just-started server's idle RSS and how long 1,000
+// spaces take to create with 16 concurrent clients.
+func (r *runner) footprint(ctx context.Context) (*Result, error) {
+	t, err := r.start(ctx, fakeModel)
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+	time.Sleep(2 * time.Second)
+	idle, rssErr := rssKiB(t.pid)
+	anon, _ := statusKiB(t.pid, "RssAnon")
+	file, _ := statusKiB(t.pid, "RssFile")
+	heap, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
+	stack, _ := metric(ctx, t.url, "go_memstats_stack_inuse_bytes")
+	a := newAPI(t.url, t.key, 16)
+	// One request first so the connection pool and the user's key are warm
+	// in both the client and the server, as in a running deployment.
+	if _, _, err := a.createSpace(ctx, "warm"); err != nil {
+		return nil, err
+	}
+	rec := newRecorder()
+	start := time.Now()
+	err = parallel(ctx, 16, 1000, func(i int) error {
+		st := time.Now()
+		var sp idOnly
+		if err := a.do(ctx, http.MethodPost, "/spaces", map[string]any{"label": fmt.Sprintf("fp %d", i)}, &sp); err != nil {
+			rec.fail(err)
+			return err
+		}
+		rec.ok(time.Since(st))
+		return nil
+	})
+	el := time.Since(start)
+	if err != nil {
+		return nil, err
+	}
+	after, _ := rssKiB(t.pid)
+	res := &Result{Name: "footprint", Settings: t.settings, ErrorSamples: rec.errMsg}
+	fill(res, rec.summary(), el, "spaces/s")
+	res.Extra = map[string]any{"create1000S": round2(el.Seconds())}
+	if rssErr == nil && t.pid > 0 {
+		res.Extra["idleRssKiB"], res.Extra["rssAfterCreateKiB"] = idle, after
+		res.Extra["idleRssAnonKiB"], res.Extra["idleRssFileKiB"] = anon, file
+		res.Extra["idleHeapInuseKiB"], res.Extra["idleStackInuseKiB"] = int64(heap)/1024, int64(stack)/1024
+	}
+	r.progress("footprint: idle RSS %d KiB, 1,000 spaces in %.2f s", idle, el.Seconds())
+	return res, nil
+}
