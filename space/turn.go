@@ -564,6 +564,9 @@ func (m *Manager) GetTurn(ctx context.Context, userID, spaceID, sessionID, turnI
 	return m.store.TurnLog(ctx, spaceID, sessionID, turnID)
 }
 
+// cancelPending says the cancel of a running turn waits for its outcome.
+type cancelPending struct{}
+
 // CancelTurn cancels a turn: a queued one is dropped at once, a running one
 // has its model call aborted. It returns the turn as it ends: cancelled,
 // or completed when it committed first (a committed turn is never undone).
@@ -597,7 +600,7 @@ func (m *Manager) CancelTurn(ctx context.Context, userID, spaceID, sessionID, tu
 			default:
 			}
 		})
-		return deferred{}, nil
+		return cancelPending{}, nil
 	})
 	if err != nil {
 		return TurnInfo{}, err
@@ -605,7 +608,7 @@ func (m *Manager) CancelTurn(ctx context.Context, userID, spaceID, sessionID, tu
 	switch x := v.(type) {
 	case session.TurnLog:
 		return x, nil
-	case deferred:
+	case cancelPending:
 		select {
 		case l := <-reply:
 			return l, nil
