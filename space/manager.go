@@ -39,6 +39,10 @@ type Options struct {
 	// TurnLogSweep is how often expired failed and cancelled turns are
 	// deleted from the turn log (default 1h).
 	TurnLogSweep time.Duration
+	// NoTurnLog keeps finished turns out of the turn log (for measuring
+	// its cost): GET …/turns/:id and idempotency keys then only know
+	// queued and running turns.
+	NoTurnLog bool
 }
 
 // Manager is the handle on every space actor: the agent pool.

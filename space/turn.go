@@ -245,6 +245,10 @@ func (s *spaceActor) submit(tc *turnCall) {
 		s.keyChecks[k] = append(waiting, tc)
 		return
 	}
+	if s.m.opts.NoTurnLog {
+		s.enqueue(tc)
+		return
+	}
 	// Is there a completed turn with this key? Ask the database, as a task.
 	if s.keyChecks == nil {
 		s.keyChecks = map[string][]*turnCall{}
@@ -359,7 +363,9 @@ func (s *spaceActor) startTurn(n *node, r *turnRun) {
 		Input:   r.log.Input,
 		Fork:    s.m.forkFunc(s.space.ID, n.meta.ID),
 		History: n.hist,
-		Log:     &log,
+	}
+	if !s.m.opts.NoTurnLog {
+		req.Log = &log
 	}
 	if r.stream {
 		req.OnDelta = r.push
@@ -434,6 +440,9 @@ func (s *spaceActor) failRun(r *turnRun, err error, state string) {
 // logTurn writes a failed or cancelled turn's row as a task; a failure is
 // logged, never a caller's problem.
 func (s *spaceActor) logTurn(l session.TurnLog) {
+	if s.m.opts.NoTurnLog {
+		return
+	}
 	store, timeout, log := s.m.store, s.m.opts.WriteTimeout, s.m.log
 	go func() {
 		defer func() {

@@ -36,6 +36,7 @@ type serveConfig struct {
 	maxContext      int
 	maxToolRounds   int
 	turnTimeout     time.Duration
+	turnLog         bool
 	maxBody         int64
 	wsMaxMessage    int64
 	keyCacheTTL     time.Duration
@@ -60,6 +61,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.maxContext, "max-context-tokens", 32000, "context budget of one model call, before older history is summarised")
 	fs.IntVar(&c.maxToolRounds, "max-tool-rounds", 5, "tool-loop limit per turn")
 	fs.DurationVar(&c.turnTimeout, "turn-timeout", 2*time.Minute, "deadline of a whole turn")
+	fs.BoolVar(&c.turnLog, "turn-log", true, "keep finished turns in the turn log (false only to measure its cost: idempotency keys then hold only while a turn runs)")
 	fs.Int64Var(&c.maxBody, "max-body-bytes", 1<<20, "request body limit")
 	fs.Int64Var(&c.wsMaxMessage, "ws-max-message-bytes", 1<<20, "WebSocket frame limit (larger frames close the connection with 1009)")
 	fs.DurationVar(&c.keyCacheTTL, "key-cache-ttl", 30*time.Second, "how long an API key lookup is cached: revocations are announced to every server at once, this bounds a revoked key's life should an announcement be lost (0 disables the cache)")
@@ -134,7 +136,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxContextTokens: c.maxContext, MaxToolRounds: c.maxToolRounds, MaxTokens: c.llm.maxTokens})
 	panics := guard.New(log)
 	spaces := space.NewManager(space.Options{IdleTTL: c.idleTTL, MailboxSize: c.mailboxSize, SessionQueue: c.sessionQueue,
-		TurnTimeout: c.turnTimeout, ConsolidateEvery: c.consolidate, Guard: panics}, db.store, engine, log)
+		TurnTimeout: c.turnTimeout, ConsolidateEvery: c.consolidate, Guard: panics, NoTurnLog: !c.turnLog}, db.store, engine, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(panics.Collector())
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
