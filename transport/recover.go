@@ -1,10 +1,10 @@
 package transport
 
 import (
+	"bufio"
+	"net"
 	"net/http"
 	"strings"
-
-	"github.com/go-chi/chi/v5"
 )
 
 // recoverer answers 500 INTERNAL to a request whose handler panicked
@@ -30,14 +30,47 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 	})
 }
 
-// allowedMethods lists the methods the router serves on the request's path,
-// for the Allow header of a 405.
-func (s *Server) allowedMethods(r *http.Request) string {
-	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
-		if s.router.Match(chi.NewRouteContext(), m, r.URL.Path) {
-			allow = append(allow, m)
-		}
+// methodNotAllowed turns the router's own 405 (which knows the methods of
+// the path and sets Allow) into the API's JSON error.
+func (s *Server) methodNotAllowed(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(&allowWriter{ResponseWriter: w, s: s, r: r}, r)
+	})
+}
+
+// allowWriter replaces a bare 405 answer with the JSON error.
+type allowWriter struct {
+	http.ResponseWriter
+	s        *Server
+	r        *http.Request
+	replaced bool
+}
+
+func (w *allowWriter) WriteHeader(code int) {
+	if code != http.StatusMethodNotAllowed || w.replaced {
+		w.ResponseWriter.WriteHeader(code)
+		return
 	}
-	return strings.Join(allow, ", ")
+	w.replaced = true
+	h := w.Header()
+	if allow := h.Values("Allow"); len(allow) > 1 {
+		h.Set("Allow", strings.Join(allow, ", "))
+	}
+	w.s.writeError(w.ResponseWriter, w.r, apiErr(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED",
+		w.r.Method+" is not allowed on "+w.r.URL.Path+"; allowed: "+h.Get("Allow")))
+}
+
+func (w *allowWriter) Write(b []byte) (int, error) {
+	if w.replaced {
+		return len(b), nil
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (w *allowWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack lets the WebSocket upgrader take over the connection.
+func (w *allowWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
