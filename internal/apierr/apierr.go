@@ -78,4 +78,3 @@ func Classify(err error) *Error {
 	}
 	return New(http.StatusInternalServerError, "INTERNAL", "internal error")
 }
-
