@@ -34,8 +34,12 @@ func estimateAll(ms []llm.Message) int {
 func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) ([]llm.Message, *History, int, error) {
 	var head []llm.Message
 	d := req.Session.Data
-	if d.SystemPrompt != nil && *d.SystemPrompt != "" {
-		head = append(head, llm.Message{Role: llm.RoleSystem, Content: *d.SystemPrompt})
+	sys := d.SystemPrompt
+	if sys == nil || *sys == "" {
+		sys = e.defaultPrompt(func(s *SpaceSetup) string { return s.SystemPrompt })
+	}
+	if sys != nil && *sys != "" {
+		head = append(head, llm.Message{Role: llm.RoleSystem, Content: *sys})
 	}
 	if s := req.Session.Meta.Scope; s != nil && *s != "" {
 		head = append(head, llm.Message{Role: llm.RoleSystem, Content: "Scope of this session: " + *s})

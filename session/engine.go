@@ -45,7 +45,8 @@ type Engine struct {
 	tools *Registry
 	opts  Options
 	// nulStripped counts NUL characters removed from model output.
-	nulStripped atomic.Uint64
+	nulStripped *atomic.Uint64 // shared by the per-space copies of the engine
+	setup *SpaceSetup // the space's setup, on a copy made by with
 }
 
 // NewEngine returns an engine; tools nil means the built-in tools.
@@ -60,7 +61,7 @@ func NewEngine(store Store, client llm.Client, tools *Registry, opts Options) *E
 		opts.MaxToolRounds = 5
 	}
 	enc, _ := client.(llm.HistoryEncoder)
-	return &Engine{store: store, llm: client, enc: enc, tools: tools, opts: opts}
+	return &Engine{store: store, llm: client, enc: enc, tools: tools, opts: opts, nulStripped: new(atomic.Uint64)}
 }
 
 // NULStripped is how many NUL characters (U+0000) the engine has removed
@@ -100,6 +101,9 @@ type TurnRequest struct {
 	// Log, if not nil, is the turn's row in the turn log; it commits with
 	// the turn.
 	Log *TurnLog
+	// Setup is the space's setup (model, extra tools, default prompts);
+	// nil means none.
+	Setup *SpaceSetup
 }
 
 // History is a session's conversation as the model sees it: the summary of
@@ -142,6 +146,7 @@ type TurnResult struct {
 // tool loop and commits everything in one transaction. On any error nothing
 // of the turn is persisted.
 func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) {
+	e = e.with(req.Setup)
 	if strings.TrimSpace(req.Input) == "" {
 		return TurnResult{}, &FieldError{Field: "input", Msg: "is required and must be non-empty"}
 	}

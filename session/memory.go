@@ -32,10 +32,11 @@ func pick(prompts ...*string) string {
 
 // Consolidate folds the session's records since its last consolidation into
 // its memory, with the consolidate prompt (session's own, else the space's,
-// else the built-in one). The write covers exactly the records read and is
+// else the space setup's, else the built-in one). The write covers exactly the records read and is
 // redone if the memory changed meanwhile.
 func (e *Engine) Consolidate(ctx context.Context, sp Space, st State) (ConsolidateResult, error) {
-	prompt := pick(st.Data.ConsolidatePrompt, sp.ConsolidatePrompt)
+	prompt := pick(st.Data.ConsolidatePrompt, sp.ConsolidatePrompt,
+		e.defaultPrompt(func(s *SpaceSetup) string { return s.ConsolidatePrompt }))
 	if prompt == "" {
 		prompt = DefaultConsolidatePrompt
 	}
@@ -89,7 +90,8 @@ type IntegrateResult struct {
 // and each insight into its child in one transaction. Insights for unknown
 // sessions are ignored.
 func (e *Engine) Integrate(ctx context.Context, sp Space, root State) (IntegrateResult, error) {
-	prompt := pick(root.Data.IntegratePrompt, sp.IntegratePrompt)
+	prompt := pick(root.Data.IntegratePrompt, sp.IntegratePrompt,
+		e.defaultPrompt(func(s *SpaceSetup) string { return s.IntegratePrompt }))
 	if prompt == "" {
 		prompt = DefaultIntegratePrompt
 	}

@@ -73,6 +73,8 @@ type spaceActor struct {
 	subs      map[Conn]struct{}      // connections subscribed to space events
 
 	mem memState // consolidation / integration bookkeeping
+
+	setup *session.SpaceSetup // chosen by Options.Build at load; nil without one
 }
 
 func (m *Manager) newActor(a *actor.Actor) actor.Behavior {
@@ -139,6 +141,7 @@ func (s *spaceActor) Receive(msg any) {
 type loadDone struct {
 	space  session.Space
 	states []session.State
+	setup  *session.SpaceSetup
 	err    error
 }
 
@@ -160,7 +163,11 @@ func (s *spaceActor) startLoad() {
 			return &loadDone{err: fmt.Errorf("%w: waiting to load the space: %w", ErrUnavailable, ctx.Err())}
 		}
 		sp, states, err := m.store.LoadSpace(ctx, id)
-		return &loadDone{space: sp, states: states, err: err}
+		if err != nil {
+			return &loadDone{err: err}
+		}
+		setup, err := m.build(ctx, sp)
+		return &loadDone{space: sp, states: states, setup: setup, err: err}
 	}, func(err error) any { return &loadDone{err: err} })
 }
 
@@ -169,6 +176,7 @@ func (s *spaceActor) finishLoad(d *loadDone) {
 	err := d.err
 	if err == nil {
 		s.space = d.space
+		s.setup = d.setup
 		s.tree = newTree(d.states)
 		if s.tree.root == nil {
 			err = fmt.Errorf("space %s has no root session", d.space.ID)

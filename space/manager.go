@@ -43,6 +43,9 @@ type Options struct {
 	// its cost): GET …/turns/:id and idempotency keys then only know
 	// queued and running turns.
 	NoTurnLog bool
+	// Build, when set, is called as each space's actor loads and chooses
+	// that space's model, extra tools and default prompts (see BuildFunc).
+	Build BuildFunc
 }
 
 // Manager is the handle on every space actor: the agent pool.

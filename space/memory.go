@@ -51,12 +51,12 @@ func (s *spaceActor) startConsolidation(n *node, reply chan result) {
 		s.mem.consolidating[n.meta.ID] = true
 	}
 	s.work++
-	sp, st := s.space, session.State{Meta: n.meta, Data: n.data}
+	sp, st, setup := s.space, session.State{Meta: n.meta, Data: n.data}, s.setup
 	engine, timeout := s.m.engine, s.m.opts.MemoryTimeout
 	s.a.Go(func(ctx context.Context) any {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		res, err := engine.Consolidate(ctx, sp, st)
+		res, err := engine.ConsolidateFor(ctx, setup, sp, st)
 		s.m.observeMemory("consolidate", err)
 		return &memoryDone{kind: kindConsolidate, sessionID: st.Meta.ID, auto: auto, cons: res, err: err, reply: reply}
 	}, func(err error) any {
@@ -74,12 +74,12 @@ func (s *spaceActor) startIntegration(reply chan result) {
 		s.mem.integrating = true
 	}
 	s.work++
-	sp, root := s.space, session.State{Meta: s.tree.root.meta, Data: s.tree.root.data}
+	sp, root, setup := s.space, session.State{Meta: s.tree.root.meta, Data: s.tree.root.data}, s.setup
 	engine, timeout := s.m.engine, s.m.opts.MemoryTimeout
 	s.a.Go(func(ctx context.Context) any {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		res, err := engine.Integrate(ctx, sp, root)
+		res, err := engine.IntegrateFor(ctx, setup, sp, root)
 		s.m.observeMemory("integrate", err)
 		return &memoryDone{kind: kindIntegrate, auto: reply == nil, integ: res, err: err, reply: reply}
 	}, func(err error) any {

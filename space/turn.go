@@ -18,8 +18,8 @@ import (
 // Engine runs the model-driven work; session.Engine satisfies it.
 type Engine interface {
 	Turn(ctx context.Context, req session.TurnRequest) (session.TurnResult, error)
-	Consolidate(ctx context.Context, sp session.Space, st session.State) (session.ConsolidateResult, error)
-	Integrate(ctx context.Context, sp session.Space, root session.State) (session.IntegrateResult, error)
+	ConsolidateFor(ctx context.Context, setup *session.SpaceSetup, sp session.Space, st session.State) (session.ConsolidateResult, error)
+	IntegrateFor(ctx context.Context, setup *session.SpaceSetup, sp session.Space, root session.State) (session.IntegrateResult, error)
 	// CheckInput refuses an input that can never be sent to the model
 	// (larger alone than the context budget).
 	CheckInput(input string) error
@@ -363,6 +363,7 @@ func (s *spaceActor) startTurn(n *node, r *turnRun) {
 		Input:   r.log.Input,
 		Fork:    s.m.forkFunc(s.space.ID, n.meta.ID),
 		History: n.hist,
+		Setup:   s.setup,
 	}
 	if !s.m.opts.NoTurnLog {
 		req.Log = &log

@@ -8,18 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/stellohq/stello/internal/guard"
-	"github.com/stellohq/stello/session"
-	"github.com/stellohq/stello/space"
-	"github.com/stellohq/stello/transport"
+	"github.com/stellohq/stello"
+	"github.com/stellohq/stello/llm"
 )
 
 // serveConfig is every flag of `stello serve`.
@@ -123,62 +118,49 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			log.Warn("stop database", zap.Error(err))
 		}
 	}
-	if !c.skipMigrate {
-		applied, err := db.store.Migrate(ctx)
-		if err != nil {
-			stopDB()
-			return err
-		}
-		log.Info("database migrated", zap.Ints("applied", applied))
+	srv, err := stello.New(ctx, c.config(db, client, log))
+	if err != nil {
+		stopDB()
+		return err
 	}
-
-	engine := session.NewEngine(db.store, client, nil, session.Options{
-		MaxContextTokens: c.maxContext, MaxToolRounds: c.maxToolRounds, MaxTokens: c.llm.maxTokens})
-	panics := guard.New(log)
-	spaces := space.NewManager(space.Options{IdleTTL: c.idleTTL, MailboxSize: c.mailboxSize, SessionQueue: c.sessionQueue,
-		TurnTimeout: c.turnTimeout, ConsolidateEvery: c.consolidate, Guard: panics, NoTurnLog: !c.turnLog}, db.store, engine, log)
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(panics.Collector())
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stello_goroutines", Help: "runtime.NumGoroutine()."},
-		func() float64 { return float64(runtime.NumGoroutine()) }))
-	reg.MustRegister(spaces.Collectors()...)
-	reg.MustRegister(engine.Collectors()...)
-	front := transport.New(transport.Options{MaxBodyBytes: c.maxBody, WSMaxMessageBytes: c.wsMaxMessage,
-		KeyCacheTTL: c.keyCacheTTL, KeyCacheSize: c.keyCacheSize, KeyLookupRate: c.keyLookupRate, Pprof: c.pprof, SeparateAdmin: c.adminAddr != "", Guard: panics}, spaces, db.store, db.store, log, reg)
 
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
+		closeServer(srv, c.shutdownTimeout, log)
 		stopDB()
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
 	}
-	var adminSrv *http.Server
 	if c.adminAddr != "" {
 		aln, err := net.Listen("tcp", c.adminAddr)
 		if err != nil {
 			_ = ln.Close()
+			closeServer(srv, c.shutdownTimeout, log)
 			stopDB()
 			return fmt.Errorf("listen on --admin-addr %s: %w", c.adminAddr, err)
 		}
-		adminSrv = &http.Server{Handler: front.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-			ErrorLog: zap.NewStdLog(log.Named("admin"))}
 		go func() {
 			defer func() {
 				if v := recover(); v != nil {
 					log.Error("admin listener panicked", zap.Any("panic", v), zap.Stack("stack"))
 				}
 			}()
-			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.ServeAdmin(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener failed", zap.Error(err))
 			}
 		}()
 		log.Info("admin listener: /metrics and /debug/pprof/", zap.String("addr", aln.Addr().String()))
 		fmt.Fprintf(stdout, "admin listening on http://%s\n", aln.Addr())
 	}
-	srv := &http.Server{Handler: front.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: zap.NewStdLog(log.Named("http"))}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				log.Error("listener panicked", zap.Any("panic", v), zap.Stack("stack"))
+				serveErr <- fmt.Errorf("listener panicked: %v", v)
+			}
+		}()
+		serveErr <- srv.Serve(ln)
+	}()
 	log.Info("stello listening", zap.String("addr", ln.Addr().String()), zap.String("model", client.Name()))
 	fmt.Fprintf(stdout, "stello listening on http://%s\n", ln.Addr())
 
@@ -190,30 +172,56 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
-	defer cancel()
-	front.Close() // WebSockets get 1001; /readyz answers 503
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("in-flight requests did not finish in time", zap.Error(err))
-		// Streams still open end with an UNAVAILABLE error event, not a
-		// bare close; give them a moment to write it.
-		front.Abort()
-		actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = srv.Shutdown(actx)
-		acancel()
-		_ = srv.Close()
-	}
-	if err := spaces.Close(sctx); err != nil {
-		log.Warn("space actors did not stop in time", zap.Error(err))
-	}
-	if adminSrv != nil {
-		if err := adminSrv.Shutdown(sctx); err != nil {
-			_ = adminSrv.Close()
-		}
-	}
+	closeServer(srv, c.shutdownTimeout, log)
 	stopDB()
 	log.Info("stopped")
 	return nil
+}
+
+// config turns the flags into the embedding configuration: the database is
+// the one cmd/stello opened (it stays in charge of it, embedded or not).
+func (c *serveConfig) config(db *database, client llm.Client, log *zap.Logger) stello.Config {
+	return stello.Config{
+		Pool:              db.store.Pool(),
+		SkipMigrate:       c.skipMigrate,
+		Model:             client,
+		MaxTokens:         c.llm.maxTokens,
+		IdleTTL:           offIfZero(c.idleTTL),
+		MailboxSize:       c.mailboxSize,
+		SessionQueue:      c.sessionQueue,
+		ConsolidateEvery:  offIfZero(c.consolidate),
+		MaxContextTokens:  c.maxContext,
+		MaxToolRounds:     c.maxToolRounds,
+		TurnTimeout:       c.turnTimeout,
+		NoTurnLog:         !c.turnLog,
+		MaxBodyBytes:      c.maxBody,
+		WSMaxMessageBytes: c.wsMaxMessage,
+		KeyCacheTTL:       offIfZero(c.keyCacheTTL),
+		KeyCacheSize:      c.keyCacheSize,
+		KeyLookupRate:     c.keyLookupRate,
+		Pprof:             c.pprof,
+		SeparateAdmin:     c.adminAddr != "",
+		Logger:            log,
+	}
+}
+
+// offIfZero maps a flag's "0 disables" (or any value below) to the
+// Config's "negative disables".
+func offIfZero[T int | time.Duration](v T) T {
+	if v <= 0 {
+		return -1
+	}
+	return v
+}
+
+// closeServer stops the server within the shutdown timeout; what did not
+// finish in time is logged by Close.
+func closeServer(srv *stello.Server, timeout time.Duration, log *zap.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Close(ctx); err != nil {
+		log.Debug("shutdown incomplete", zap.Error(err))
+	}
 }
 
 func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
