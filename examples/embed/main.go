@@ -147,6 +147,7 @@ func buildSpace(_ context.Context, sp session.Space) (stello.SpaceSetup, error) 
 	}, nil
 }
 
+// --- embedding.md: tool ---
 const weatherToolName = "lookup_weather"
 
 // weatherTool answers every city with the same canned forecast.
@@ -173,3 +174,5 @@ func (weatherTool) Call(_ context.Context, _ session.ToolEnv, input json.RawMess
 	out, err := json.Marshal(map[string]any{"city": in.City, "forecast": "sunny", "celsius": 21})
 	return string(out), err
 }
+
+// --- end ---
