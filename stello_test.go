@@ -516,3 +516,21 @@ func newListener(t *testing.T) net.Listener {
 	require.NoError(t, err)
 	return ln
 }
+
+func TestBuildSpaceToolHidesOneOfTheSameName(t *testing.T) {
+	mock, model := mockModel(t)
+	global := &recordTool{name: "shared_name", answer: `{"from":"global"}`}
+	local := &recordTool{name: "shared_name", answer: `{"from":"space"}`}
+	s := start(t, stello.Config{Model: model, Tools: []session.Tool{global},
+		BuildSpace: func(context.Context, session.Space) (stello.SpaceSetup, error) {
+			return stello.SpaceSetup{Tools: []session.Tool{local}}, nil
+		}})
+	spaceID, root := s.space(t, "Shadow", nil)
+	mock.Enqueue(mockllm.Reply{ToolCalls: []mockllm.ToolCall{{Name: "shared_name", Arguments: `{}`}}}, mockllm.Reply{Content: "done"})
+	assert.Equal(t, "done", s.turn(t, spaceID, root, "call it"))
+	assert.Equal(t, int32(1), local.calls.Load(), "the space's tool ran")
+	assert.Equal(t, int32(0), global.calls.Load(), "the global tool of the same name did not")
+	reqs := mock.Requests()
+	require.NotEmpty(t, reqs)
+	assert.ElementsMatch(t, []string{"shared_name", session.CreateSessionToolName}, reqs[0].Tools, "offered once")
+}
