@@ -217,6 +217,7 @@ func (s *Server) routes() chi.Router {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
+	s.mountConsole(r)
 	if !s.opts.SeparateAdmin {
 		s.mountAdmin(r, s.opts.Pprof)
 	}

@@ -1,0 +1,321 @@
+package console_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+
+	"github.com/stellohq/stello/internal/testutil"
+)
+
+// browserNames are the executables tried, in order, when STELLO_CHROMIUM
+// does not name one.
+var browserNames = []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "headless-shell"}
+
+// findBrowser returns the path of a Chromium, or skips the test saying what
+// to install.
+func findBrowser(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("STELLO_CHROMIUM"); p != "" {
+		return p
+	}
+	for _, n := range browserNames {
+		if p, err := exec.LookPath(n); err == nil {
+			return p
+		}
+	}
+	t.Skip("no Chromium found for the browser tests of the web console: install it (Debian/Ubuntu: apt-get install chromium) or set STELLO_CHROMIUM to its path")
+	return ""
+}
+
+// page is one headless Chromium tab on a console.
+type page struct {
+	t   *testing.T
+	ctx context.Context
+
+	mu         sync.Mutex
+	exceptions []string
+}
+
+// newPage starts a fresh headless Chromium (its own profile, no network
+// but the loopback) and opens a tab.
+func newPage(t *testing.T) *page {
+	t.Helper()
+	exe := findBrowser(t)
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(exe),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("force-color-profile", "srgb"),
+		chromedp.Flag("font-render-hinting", "none"),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 900),
+	}
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelTab := chromedp.NewContext(allocCtx)
+	t.Cleanup(func() {
+		cancelTab()
+		cancelAlloc()
+	})
+	p := &page{t: t, ctx: ctx}
+	// Start the browser (the first Run must not have a deadline: it would
+	// bound the browser's life).
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`1`)); err != nil {
+		t.Fatalf("start Chromium (%s): %v", exe, err)
+	}
+	// Collect uncaught page exceptions: any is a failure.
+	exceptions := chromedp.Events(ctx, runtime.ExceptionThrown)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if r := recover(); r != nil {
+				p.mu.Lock()
+				p.exceptions = append(p.exceptions, fmt.Sprintf("collector panicked: %v", r))
+				p.mu.Unlock()
+			}
+		}()
+		for ev, err := range exceptions {
+			if err != nil {
+				return // the tab is gone
+			}
+			p.mu.Lock()
+			p.exceptions = append(p.exceptions, (&chromedp.ExceptionError{ExceptionDetails: ev.ExceptionDetails}).Error())
+			p.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		p.mu.Lock()
+		ex := append([]string(nil), p.exceptions...)
+		p.mu.Unlock()
+		for _, e := range ex {
+			t.Errorf("uncaught exception in the page: %s", e)
+		}
+		cancelTab()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("the exception collector did not stop")
+		}
+	})
+	return p
+}
+
+// do runs actions with a deadline.
+func (p *page) do(what string, actions ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		p.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// eval evaluates a JavaScript expression and decodes its value into out.
+func (p *page) eval(expr string, out any) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](expr))
+	if err != nil {
+		p.t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	if out != nil {
+		if err := json.Unmarshal(v, out); err != nil {
+			p.t.Fatalf("evaluate %s: decode %s: %v", expr, v, err)
+		}
+	}
+}
+
+// str evaluates an expression that yields a string.
+func (p *page) str(expr string) string {
+	p.t.Helper()
+	var s string
+	p.eval(expr, &s)
+	return s
+}
+
+// wait polls a JavaScript expression until it is truthy.
+func (p *page) wait(what, expr string) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(25*time.Millisecond))); err != nil {
+		p.t.Fatalf("waiting for %s (%s): %v\nvisible text: %s", what, expr, err, p.visibleText())
+	}
+}
+
+// visibleText is the page's text, for failure messages.
+func (p *page) visibleText() string {
+	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil {
+		return "(unreadable: " + err.Error() + ")"
+	}
+	if len(s) > 2000 {
+		s = s[:2000] + "…"
+	}
+	return s
+}
+
+// js quotes a Go string as a JavaScript string literal.
+func js(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// nodeExpr is a JavaScript expression for the tree button of the session
+// labelled label (undefined when there is none).
+func nodeExpr(label string) string {
+	return fmt.Sprintf(`[...document.querySelectorAll('#tree button.node')].find(b => b.querySelector('.node-label').textContent === %s)`, js(label))
+}
+
+// open loads the console and connects with key.
+func (p *page) open(url, key string) {
+	p.t.Helper()
+	p.do("load the console", chromedp.Navigate(url+"/"))
+	p.wait("the key dialog", `document.getElementById('key-dialog').open`)
+	p.do("enter the key",
+		chromedp.SendKeys(chromedp.ID("key-input"), key),
+		chromedp.KeyEvent(kb.Enter),
+	)
+	p.wait("the console to be ready", `document.getElementById('app').dataset.ready === 'true' && !document.getElementById('key-dialog').open`)
+}
+
+// client is a REST client for assertions beside the browser.
+type client struct {
+	t    *testing.T
+	base string
+	key  string
+}
+
+func (c client) call(method, path string, body any, out any) int {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	req.Header.Set("X-API-Key", c.key)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if out != nil && res.StatusCode < 300 {
+		if err := json.Unmarshal(b, out); err != nil {
+			c.t.Fatalf("%s %s: decode %s: %v", method, path, b, err)
+		}
+	}
+	return res.StatusCode
+}
+
+type spaceJSON struct {
+	ID    string `json:"id"`
+	Label string `json:"label"`
+}
+
+type treeNode struct {
+	ID       string     `json:"id"`
+	Label    string     `json:"label"`
+	Status   string     `json:"status"`
+	Children []treeNode `json:"children"`
+}
+
+type message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+type content struct {
+	Content *string `json:"content"`
+}
+
+// spaces lists the caller's spaces.
+func (c client) spaces() []spaceJSON {
+	var out []spaceJSON
+	if code := c.call("GET", "/spaces", nil, &out); code != 200 {
+		c.t.Fatalf("list spaces: %d", code)
+	}
+	return out
+}
+
+func (c client) tree(spaceID string) treeNode {
+	var out treeNode
+	if code := c.call("GET", "/spaces/"+spaceID+"/sessions", nil, &out); code != 200 {
+		c.t.Fatalf("tree: %d", code)
+	}
+	return out
+}
+
+func (c client) messages(spaceID, sessionID string) []message {
+	var out []message
+	if code := c.call("GET", "/spaces/"+spaceID+"/sessions/"+sessionID+"/messages", nil, &out); code != 200 {
+		c.t.Fatalf("messages: %d", code)
+	}
+	return out
+}
+
+// newStack starts a server over a fresh database with a fake model that
+// streams slowly enough for the page to show partial replies.
+func newStack(t *testing.T, o testutil.StackOptions) (*testutil.Stack, string) {
+	t.Helper()
+	st := testutil.NewStack(t, o)
+	_, key := st.User(t, "console-"+strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")))
+	return st, key
+}
+
+// layoutProbe records, at every change of the message log, the boxes of
+// the regions that must not move while a reply streams, and the texts of
+// the streaming reply.
+const layoutProbe = `(() => {
+  const boxes = () => JSON.stringify(['.topbar', '.sidebar', '.session-head', '#composer', '.inspector', '#send', '#cancel']
+    .map(s => document.querySelector(s)).map(e => e && !e.hidden ? [e.getBoundingClientRect().x, e.getBoundingClientRect().y, e.getBoundingClientRect().width, e.getBoundingClientRect().height] : null));
+  window.__boxes = new Set();
+  window.__seen = [];
+  window.__slot = new Set();
+  const slot = () => { const b = document.querySelector('#send:not([hidden]), #cancel:not([hidden])'); if (b) { const r = b.getBoundingClientRect(); window.__slot.add(JSON.stringify([r.x, r.y, r.width, r.height])); } };
+  const ob = new MutationObserver(() => {
+    const el = document.querySelector('.msg.streaming .body');
+    if (el) window.__seen.push(el.textContent);
+    const b = JSON.parse(boxes()); window.__boxes.add(JSON.stringify(b.slice(0, 5)));
+    slot();
+  });
+  ob.observe(document.getElementById('messages'), { subtree: true, childList: true, characterData: true });
+  window.__boxes.add(JSON.stringify(JSON.parse(boxes()).slice(0, 5)));
+  slot();
+  return true;
+})()`

@@ -1,0 +1,112 @@
+// Package console holds the web console: plain HTML, CSS and JavaScript
+// modules embedded in the binary and served by `stello serve` at `/`. The
+// page talks to the public API only (REST, Server-Sent Events and the
+// WebSocket); it asks for the API key itself, so serving it needs none.
+package console
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"io/fs"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+)
+
+//go:embed static
+var static embed.FS
+
+// Prefix is the path under which the console's assets are served; the page
+// itself is served at "/".
+const Prefix = "/console/"
+
+// contentSecurityPolicy keeps the page to its own scripts and styles and to
+// connections with the server that served it.
+const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+type asset struct {
+	body  []byte
+	etag  string
+	ctype string
+}
+
+// Handler serves the console: "/" answers the page, Prefix+name its
+// assets. Any other path, and a missing asset, is passed to notFound.
+type Handler struct {
+	assets   map[string]asset // by path below static/, e.g. "app.js"
+	notFound http.Handler
+}
+
+// New returns the console's handler. notFound answers paths that are not
+// part of the console (nil: http.NotFound).
+func New(notFound http.Handler) *Handler {
+	if notFound == nil {
+		notFound = http.HandlerFunc(http.NotFound)
+	}
+	h := &Handler{assets: map[string]asset{}, notFound: notFound}
+	err := fs.WalkDir(static, "static", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := static.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		ct := mime.TypeByExtension(path.Ext(p))
+		if ct == "" {
+			ct = http.DetectContentType(b)
+		}
+		h.assets[strings.TrimPrefix(p, "static/")] = asset{body: b, etag: `"` + hex.EncodeToString(sum[:12]) + `"`, ctype: ct}
+		return nil
+	})
+	if err != nil {
+		// The files are embedded at build time; failing to read them is a
+		// broken build, not a runtime condition.
+		panic("console: reading the embedded files: " + err.Error())
+	}
+	return h
+}
+
+// Names lists the embedded assets (paths below Prefix).
+func (h *Handler) Names() []string {
+	out := make([]string, 0, len(h.assets))
+	for n := range h.assets {
+		out = append(out, n)
+	}
+	return out
+}
+
+// ServeHTTP answers GET and HEAD for the page and its assets. Every answer
+// is revalidated by ETag, so a new binary's console is picked up at once.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	name := ""
+	switch {
+	case r.URL.Path == "/":
+		name = "index.html"
+	case strings.HasPrefix(r.URL.Path, Prefix):
+		name = strings.TrimPrefix(r.URL.Path, Prefix)
+	}
+	a, ok := h.assets[name]
+	if !ok || name == "" {
+		h.notFound.ServeHTTP(w, r)
+		return
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", a.ctype)
+	hd.Set("ETag", a.etag)
+	hd.Set("Cache-Control", "no-cache")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "no-referrer")
+	if name == "index.html" {
+		hd.Set("Content-Security-Policy", contentSecurityPolicy)
+		hd.Set("X-Frame-Options", "DENY")
+	}
+	// ServeContent handles If-None-Match (304), HEAD and ranges.
+	http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(a.body))
+}
