@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
-	"github.com/chromedp/chromedp/kb"
 
 	"github.com/stellohq/stello/internal/testutil"
 )
@@ -181,6 +182,30 @@ func (p *page) visibleText() string {
 	return s
 }
 
+// press presses one key the way a keyboard does: one keyDown carrying its
+// text, so that a page that cancels the keydown gets no character (the
+// separate char event of chromedp.KeyEvent would type one regardless).
+func press(key, code, text string, vk int64, shift bool) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		var mods int64
+		if shift {
+			mods = 8 // Shift
+		}
+		down := input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeKeyDown, Key: key, Code: code, Text: text, UnmodifiedText: text,
+			WindowsVirtualKeyCode: vk, NativeVirtualKeyCode: vk, Modifiers: mods}
+		if _, err := cdp.Call(ctx, t, input.DispatchKeyEvent, down); err != nil {
+			return err
+		}
+		up := down
+		up.Type, up.Text, up.UnmodifiedText = input.DispatchKeyEventTypeKeyUp, "", ""
+		_, err := cdp.Call(ctx, t, input.DispatchKeyEvent, up)
+		return err
+	})
+}
+
+// pressEnter presses Enter (with Shift when shift).
+func pressEnter(shift bool) chromedp.Action[chromedp.Void] { return press("Enter", "Enter", "\r", 13, shift) }
+
 // js quotes a Go string as a JavaScript string literal.
 func js(s string) string {
 	b, _ := json.Marshal(s)
@@ -200,7 +225,7 @@ func (p *page) open(url, key string) {
 	p.wait("the key dialog", `document.getElementById('key-dialog').open`)
 	p.do("enter the key",
 		chromedp.SendKeys(chromedp.ID("key-input"), key),
-		chromedp.KeyEvent(kb.Enter),
+		pressEnter(false),
 	)
 	p.wait("the console to be ready", `document.getElementById('app').dataset.ready === 'true' && !document.getElementById('key-dialog').open`)
 }

@@ -334,6 +334,7 @@ function spaceGone() {
 
 async function selectSession(id, { focus = false } = {}) {
   if (!state.space) return;
+  if (state.sessionId !== id) fillSlots(null);
   state.sessionId = id;
   const node = findNode(state.tree, id);
   state.session = node ? { ...node } : { id };
@@ -687,6 +688,8 @@ async function loadSlots() {
   if (!state.space || !state.sessionId) return fillSlots(null);
   const spaceId = state.space.id;
   const id = state.sessionId;
+  // Read-only until loaded, so an edit is never overwritten by the load.
+  if (document.querySelector('form.slot').dataset.session !== id) fillSlots(null);
   await Promise.all(SLOTS.map(async (slot) => {
     try {
       const v = await api.getSlot(spaceId, id, slot);
@@ -703,6 +706,8 @@ function fillSlots(v) {
 
 function fillSlot(slot, content, disabled = false) {
   const f = document.querySelector(`form.slot[data-slot="${slot}"]`);
+  if (disabled) delete f.dataset.session;
+  else f.dataset.session = state.sessionId;
   const ta = f.querySelector('textarea');
   ta.value = content ?? '';
   ta.disabled = disabled;
@@ -761,7 +766,6 @@ async function runConsolidate() {
   b.textContent = 'Consolidating…';
   try {
     const v = await api.consolidate(state.space.id, state.sessionId);
-    fillMemory(null);
     await loadMemory();
     if (v && typeof v.content === 'string') $('memory').textContent = v.content;
     toast('Memory consolidated');
