@@ -204,7 +204,9 @@ func press(key, code, text string, vk int64, shift bool) chromedp.Action[chromed
 }
 
 // pressEnter presses Enter (with Shift when shift).
-func pressEnter(shift bool) chromedp.Action[chromedp.Void] { return press("Enter", "Enter", "\r", 13, shift) }
+func pressEnter(shift bool) chromedp.Action[chromedp.Void] {
+	return press("Enter", "Enter", "\r", 13, shift)
+}
 
 // js quotes a Go string as a JavaScript string literal.
 func js(s string) string {
