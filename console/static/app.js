@@ -709,10 +709,16 @@ function fillSlot(slot, content, disabled = false) {
   if (disabled) delete f.dataset.session;
   else f.dataset.session = state.sessionId;
   const ta = f.querySelector('textarea');
+  const st = f.querySelector('.slot-state');
+  // A refresh (e.g. after a session.updated event) never overwrites what
+  // the user is typing, nor the note of a save just made.
+  if (!disabled && document.activeElement === ta && f.dataset.session === state.sessionId) return;
   ta.value = content ?? '';
   ta.disabled = disabled;
   f.querySelector('button').disabled = disabled;
-  f.querySelector('.slot-state').textContent = disabled ? '' : content === null ? 'not set' : '';
+  if (disabled) st.textContent = '';
+  else if (content === null) st.textContent = 'not set';
+  else if (st.textContent === 'not set') st.textContent = '';
 }
 
 async function saveSlot(e) {
@@ -865,7 +871,12 @@ function bind() {
   $('fork-form').addEventListener('submit', submitFork);
   $('fork-form').querySelector('[data-close]').addEventListener('click', () => $('fork-dialog').close());
   $('archive-btn').addEventListener('click', archiveSession);
-  for (const f of document.querySelectorAll('form.slot')) f.addEventListener('submit', saveSlot);
+  for (const f of document.querySelectorAll('form.slot')) {
+    f.addEventListener('submit', saveSlot);
+    f.querySelector('textarea').addEventListener('input', () => {
+      f.querySelector('.slot-state').textContent = 'unsaved changes';
+    });
+  }
   $('space-form').addEventListener('submit', renameAndSaveSpace);
   $('delete-space').addEventListener('click', deleteSpace);
   $('consolidate-btn').addEventListener('click', runConsolidate);
