@@ -18,7 +18,7 @@ type BuildFunc func(ctx context.Context, sp session.Space) (session.SpaceSetup, 
 // ErrBuild means the build hook failed for a space: the space is not
 // loaded and requests on it answer 503 UNAVAILABLE until a later load
 // succeeds (the next request tries again).
-var ErrBuild = fmt.Errorf("the space could not be set up by the server; retry later: %w", apierr.ErrUnavailable)
+var ErrBuild = apierr.ErrSpaceSetup
 
 // build runs the build hook, if any, turning a panic into an error.
 func (m *Manager) build(ctx context.Context, sp session.Space) (setup *session.SpaceSetup, err error) {

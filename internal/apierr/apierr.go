@@ -30,6 +30,10 @@ func New(status int, code, msg string) *Error {
 // its callers, or the database is unreachable: 503 UNAVAILABLE.
 var ErrUnavailable = errors.New("unavailable")
 
+// ErrSpaceSetup means an embedding program's build hook failed for a
+// space: 503 UNAVAILABLE, retried by the next request.
+var ErrSpaceSetup = errors.New("space setup failed")
+
 func unavailable() *Error {
 	return New(http.StatusServiceUnavailable, "UNAVAILABLE", "service unavailable: shutting down or database unreachable")
 }
@@ -73,6 +77,8 @@ func Classify(err error) *Error {
 		return New(http.StatusBadGateway, "LLM_ERROR", err.Error())
 	case errors.Is(err, session.ErrToolLimit):
 		return New(http.StatusBadGateway, "LLM_ERROR", err.Error()+"; nothing was persisted")
+	case errors.Is(err, ErrSpaceSetup):
+		return New(http.StatusServiceUnavailable, "UNAVAILABLE", "the space could not be set up by the server; retry later")
 	case errors.Is(err, ErrUnavailable):
 		return unavailable()
 	}
