@@ -46,7 +46,7 @@ type Engine struct {
 	opts  Options
 	// nulStripped counts NUL characters removed from model output.
 	nulStripped *atomic.Uint64 // shared by the per-space copies of the engine
-	setup *SpaceSetup // the space's setup, on a copy made by with
+	setup       *SpaceSetup    // the space's setup, on a copy made by with
 }
 
 // NewEngine returns an engine; tools nil means the built-in tools.
