@@ -22,7 +22,6 @@ func classify(err error) *APIError { return apierr.Classify(err) }
 var (
 	errUnauthorized = apiErr(http.StatusUnauthorized, "UNAUTHORIZED", "missing, unknown or revoked API key")
 	errNotFound     = apiErr(http.StatusNotFound, "NOT_FOUND", "not found")
-	errUnavailable  = apiErr(http.StatusServiceUnavailable, "UNAVAILABLE", "service unavailable: shutting down or database unreachable")
 )
 
 // wsCode maps an error to a WebSocket error code.

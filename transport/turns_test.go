@@ -48,7 +48,6 @@ func (g *turnGate) wrap(h http.Handler) http.Handler {
 	})
 }
 
-func (g *turnGate) release() { g.next <- struct{}{} }
 func (g *turnGate) openAll() { g.once.Do(func() { close(g.open) }) }
 func (g *turnGate) wait(t *testing.T, n int32) {
 	t.Helper()
