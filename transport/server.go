@@ -218,6 +218,7 @@ func (s *Server) routes() chi.Router {
 	})
 	r.Get("/readyz", s.readyz)
 	s.mountConsole(r)
+	r.Get("/openapi.json", serveOpenAPI)
 	if !s.opts.SeparateAdmin {
 		s.mountAdmin(r, s.opts.Pprof)
 	}
