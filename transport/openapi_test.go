@@ -238,7 +238,7 @@ func TestOpenAPIResponsesMatchDocument(t *testing.T) {
 	c.want(404, "GET", S+"/sessions/00000000-0000-0000-0000-000000000000", nil)
 	c.want(404, "GET", SS+"/turns/00000000-0000-0000-0000-000000000000", nil)
 	c.want(200, "POST", SS+"/turn?ifBusy=reject", map[string]any{"input": "ok"}, "Idempotency-Key", "k1") // idle: runs
-	c.expect(409, "POST", SS+"/turn", map[string]any{"input": "another input"}, "Idempotency-Key", "k1") // CONFLICT
+	c.expect(409, "POST", SS+"/turn", map[string]any{"input": "another input"}, "Idempotency-Key", "k1")  // CONFLICT
 	c.want(404, "GET", "/no/such/path", nil)
 	c.want(405, "PATCH", "/healthz", nil)
 	c.want(405, "DELETE", SS+"/turn", nil)
