@@ -19,6 +19,7 @@ require (
 	github.com/puzpuzpuz/xsync/v3 v3.5.1
 	github.com/stretchr/testify v1.12.1
 	github.com/tidwall/gjson v1.20.0
+	github.com/tmaxmax/go-sse v0.12.0
 	go.uber.org/zap v1.28.0
 	golang.org/x/sync v0.23.0
 )
