@@ -226,7 +226,6 @@ type sseChecker struct {
 	buf     []byte
 	events  int
 	lastID  int
-	started bool
 }
 
 func (c *sseChecker) Read(p []byte) (int, error) {
