@@ -72,6 +72,9 @@ func TestDocsExamplesAreCompiled(t *testing.T) {
 		require.NotEmpty(t, blocks, "%s has Go examples", doc)
 		for _, m := range blocks {
 			block := dedent(m[1])
+			if doc == "README.md" && strings.Contains(block, "client.") {
+				continue // the Go client's blocks: checked by package client
+			}
 			found := false
 			for _, s := range known {
 				if s == block {

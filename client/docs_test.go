@@ -38,6 +38,9 @@ func TestDocsBlocksAreExamples(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, m := range goBlock.FindAllStringSubmatch(string(b), -1) {
+			if doc == "../README.md" && !strings.Contains(m[1], "client.") {
+				continue // not the client's: the embedding blocks are checked by package stello
+			}
 			n++
 			if !strings.Contains(examples, normalize(m[1])) {
 				t.Errorf("%s: this Go block is not in client/example_test.go:\n%s", doc, m[1])

@@ -328,7 +328,7 @@ func (s *spaceActor) enqueue(tc *turnCall) {
 			}
 		}
 	}
-	r := &turnRun{node: n, stream: tc.o.Follower.OnDelta != nil, log: session.TurnLog{ID: uuid.NewString(), SpaceID: s.space.ID, SessionID: n.meta.ID,
+	r := &turnRun{node: n, stream: tc.o.Follower.OnDelta != nil, log: session.TurnLog{ID: uuid.Must(uuid.NewV7()).String(), SpaceID: s.space.ID, SessionID: n.meta.ID,
 		State: session.TurnQueued, Input: tc.input, IdempotencyKey: tc.o.IdempotencyKey,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond)}}
 	if s.runs == nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"sort"
 	"strings"
 )
 
@@ -53,8 +54,11 @@ func (w *allowWriter) WriteHeader(code int) {
 	}
 	w.replaced = true
 	h := w.Header()
-	if allow := h.Values("Allow"); len(allow) > 1 {
-		h.Set("Allow", strings.Join(allow, ", "))
+	if allow := h.Values("Allow"); len(allow) > 0 {
+		rank := map[string]int{"GET": 0, "HEAD": 1, "POST": 2, "PUT": 3, "PATCH": 4, "DELETE": 5, "OPTIONS": 6}
+		sorted := append([]string(nil), allow...)
+		sort.SliceStable(sorted, func(i, j int) bool { return rank[sorted[i]] < rank[sorted[j]] })
+		h.Set("Allow", strings.Join(sorted, ", "))
 	}
 	w.s.writeError(w.ResponseWriter, w.r, apiErr(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED",
 		w.r.Method+" is not allowed on "+w.r.URL.Path+"; allowed: "+h.Get("Allow")))

@@ -251,7 +251,7 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 	}
 	<-f.started // set before SubmitTurn or FollowTurn returned
 	if !flush(func() error {
-		return writeEvent(w, "start", "", map[string]string{"turnId": f.turnID, "sessionId": sessionID})
+		return writeEvent(w, "start", strconv.Itoa(from), map[string]string{"turnId": f.turnID, "sessionId": sessionID})
 	}) {
 		return
 	}

@@ -55,6 +55,13 @@ type Validator struct {
 
 // New returns a Validator over next (http.DefaultTransport when nil).
 // Validation failures are reported with t.Errorf.
+func init() {
+	// The web console's page and assets are text.
+	for _, ct := range []string{"text/html", "text/css", "text/javascript"} {
+		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.PlainBodyDecoder)
+	}
+}
+
 func New(t testing.TB, next http.RoundTripper) *Validator {
 	t.Helper()
 	doc := Doc(t)
