@@ -18,7 +18,7 @@ import (
 )
 
 // Scenarios lists every scenario in the order `all` runs them.
-var Scenarios = []string{"turns", "stream", "connections", "reads", "churn"}
+var Scenarios = []string{"turns", "stream", "resume", "connections", "reads", "churn"}
 
 // Config is everything `stello bench` takes.
 type Config struct {
@@ -34,8 +34,13 @@ type Config struct {
 	Spaces        int // turns: spaces the clients spread over
 	StreamClients int // stream: WebSocket clients
 	StreamLatency time.Duration
-	Conns         int // connections: idle WebSockets
-	Readers       int // reads: concurrent readers
+	// resume: SSE clients that drop and resume their streams, the words of
+	// the mock model's replies and its streaming rate (spawned server).
+	ResumeClients         int
+	ResumeReplyWords      int
+	ResumeTokensPerSecond float64
+	Conns                 int // connections: idle WebSockets
+	Readers               int // reads: concurrent readers
 	// ReadsTurnLatency is the model latency of the turns running during
 	// reads (0: as fast as the server goes, saturating the CPU).
 	ReadsTurnLatency time.Duration
@@ -116,6 +121,15 @@ func (c *Config) defaults() {
 	if c.StreamLatency <= 0 {
 		c.StreamLatency = 500 * time.Millisecond
 	}
+	if c.ResumeClients <= 0 {
+		c.ResumeClients = 500
+	}
+	if c.ResumeReplyWords <= 0 {
+		c.ResumeReplyWords = 24
+	}
+	if c.ResumeTokensPerSecond <= 0 {
+		c.ResumeTokensPerSecond = 10
+	}
 	if c.Conns <= 0 {
 		c.Conns = 10000
 	}
@@ -153,9 +167,10 @@ type runner struct {
 	dbURL string
 	pg    *embedpg.Instance
 	tmp   string
-	// fakeTurns is the turns scenario's second line (the in-process fake
-	// model) when the first ran through the HTTP mock.
-	fakeTurns *Result
+	// extra are the turns scenario's further lines: the in-process fake
+	// model when the first ran through the HTTP mock, and the same turns
+	// without the turn log.
+	extra []*Result
 }
 
 // Run runs the configured scenarios and prints the table to out; progress
@@ -166,10 +181,10 @@ func Run(ctx context.Context, cfg Config, out, log io.Writer) (*Report, error) {
 	switch cfg.Scenario {
 	case "all":
 		names = Scenarios
-	case "turns", "stream", "connections", "reads", "churn", "pgbench", "cpu", "footprint":
+	case "turns", "stream", "resume", "connections", "reads", "churn", "pgbench", "cpu", "footprint":
 		names = []string{cfg.Scenario}
 	default:
-		return nil, fmt.Errorf("unknown scenario %q (turns, stream, connections, reads, churn, cpu, footprint, pgbench, all)", cfg.Scenario)
+		return nil, fmt.Errorf("unknown scenario %q (turns, stream, resume, connections, reads, churn, cpu, footprint, pgbench, all)", cfg.Scenario)
 	}
 	if !cfg.Spawn && (cfg.URL == "" || cfg.APIKey == "") {
 		return nil, fmt.Errorf("--url and --api-key are required unless --spawn is given")
@@ -202,9 +217,8 @@ func Run(ctx context.Context, cfg Config, out, log io.Writer) (*Report, error) {
 			res = &Result{Name: name, Errors: -1, Extra: map[string]any{"failure": err.Error()}}
 		}
 		rep.Scenarios = append(rep.Scenarios, res)
-		if name == "turns" && r.fakeTurns != nil {
-			rep.Scenarios = append(rep.Scenarios, r.fakeTurns)
-		}
+		rep.Scenarios = append(rep.Scenarios, r.extra...)
+		r.extra = nil
 	}
 	printTable(out, rep)
 	if cfg.JSONFile != "" {
@@ -327,6 +341,8 @@ func (r *runner) scenario(ctx context.Context, name string) (*Result, error) {
 		return r.turns(ctx)
 	case "stream":
 		return r.stream(ctx)
+	case "resume":
+		return r.resume(ctx)
 	case "connections":
 		return r.connections(ctx)
 	case "reads":

@@ -122,7 +122,9 @@ func fill(res *Result, s summary, elapsed time.Duration, unit string) {
 
 // turns runs the turns scenario through the HTTP mock model (the path a
 // real deployment takes) and, with --model auto, once more on the
-// in-process fake model as a second line sharing the pgbench figure.
+// in-process fake model as a second line sharing the pgbench figure. A
+// spawned server is then started once more with --turn-log=false and the
+// last model's line repeated, for the cost of the turn log.
 func (r *runner) turns(ctx context.Context) (*Result, error) {
 	mock := mockllm.Config{ReplyTokens: 20}
 	if !r.cfg.Spawn || r.cfg.Model != "auto" {
@@ -130,7 +132,11 @@ func (r *runner) turns(ctx context.Context) (*Result, error) {
 		if r.cfg.Model == "mock" {
 			model = mock
 		}
-		return r.turnsWith(ctx, "turns", model, true)
+		res, err := r.turnsWith(ctx, "turns", model, true)
+		if err == nil && r.cfg.Spawn {
+			r.extra = append(r.extra, r.turnLogCost(ctx, res, "turns", model))
+		}
+		return res, err
 	}
 	saved := r.cfg.Model
 	defer func() { r.cfg.Model = saved }()
@@ -150,12 +156,34 @@ func (r *runner) turns(ctx context.Context) (*Result, error) {
 		fk.Target = "≥0.6×pgbench, 0 errors"
 		fk.Met = boolp(ratio >= 0.6 && fk.Errors == 0)
 	}
-	r.fakeTurns = fk
+	r.extra = append(r.extra, fk)
+	if fk.Errors >= 0 {
+		r.extra = append(r.extra, r.turnLogCost(ctx, fk, "turns (fake model)", fakeModel))
+	}
 	return res, nil
 }
 
-func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Config, withPgbench bool) (*Result, error) {
-	t, err := r.start(ctx, model)
+// turnLogCost runs the turns of base once more on a server started with
+// --turn-log=false and reports base's throughput as a fraction of it.
+func (r *runner) turnLogCost(ctx context.Context, base *Result, name string, model mockllm.Config) *Result {
+	name += ", --turn-log=false"
+	res, err := r.turnsWith(ctx, name, model, false, "--turn-log=false")
+	if err != nil {
+		return &Result{Name: name, Errors: -1, Extra: map[string]any{"failure": err.Error()}}
+	}
+	if res.Throughput > 0 {
+		ratio := round2(base.Throughput / res.Throughput)
+		res.Extra["withLogOverWithout"] = ratio
+		base.Extra["turnLogRatio"] = ratio
+		res.Target = "with log ≥0.9× without"
+		res.Met = boolp(ratio >= 0.9 && res.Errors == 0 && base.Errors == 0)
+		r.progress("turn log: %.1f turns/s with, %.1f without: ratio %.2f", base.Throughput, res.Throughput, ratio)
+	}
+	return res
+}
+
+func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Config, withPgbench bool, serverArgs ...string) (*Result, error) {
+	t, err := r.start(ctx, model, serverArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -195,11 +223,19 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	res.ErrorSamples = rec.errMsg
 	r.progress("%s: %.1f turns/s p99 %.1f ms errors %d", name, res.Throughput, res.P99Ms, res.Errors)
 	if r.dbURL != "" && withPgbench {
-		tps, err := r.runPgbench(ctx, sess, c.Clients)
+		tps, err := r.runPgbench(ctx, sess, c.Clients, pgbench.TurnSQL)
 		if err != nil {
 			r.progress("pgbench: %v", err)
 			res.Extra["pgbenchError"] = err.Error()
 		} else {
+			// The same commit without the turn log row: the log's cost to
+			// the database alone.
+			if tps0, err := r.runPgbench(ctx, sess, c.Clients, pgbench.TurnSQLWithoutLog); err == nil && tps0 > 0 {
+				res.Extra["pgbenchTpsWithoutLog"] = round2(tps0)
+				res.Extra["pgbenchLogRatio"] = round2(tps / tps0)
+			} else if err != nil {
+				res.Extra["pgbenchWithoutLogError"] = err.Error()
+			}
 			ratio := round2(res.Throughput / tps)
 			res.PgbenchRatio = &ratio
 			res.Extra["pgbenchTps"] = round2(tps)
@@ -210,9 +246,9 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	return res, nil
 }
 
-// runPgbench runs turn.sql with one session per client at the same
-// concurrency and returns its TPS.
-func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients int) (float64, error) {
+// runPgbench runs script (turn.sql or its variant) with one session per
+// client at the same concurrency and returns its TPS.
+func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients int, script string) (float64, error) {
 	bin, err := exec.LookPath("pgbench")
 	if err != nil {
 		dir, derr := embedpg.FindBinaries()
@@ -243,7 +279,7 @@ func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients in
 		return 0, err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.WriteString(pgbench.TurnSQL); err != nil {
+	if _, err := f.WriteString(script); err != nil {
 		return 0, err
 	}
 	f.Close()
@@ -289,7 +325,7 @@ func (r *runner) pgbenchOnly(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	tps, err := r.runPgbench(ctx, sess, r.cfg.Clients)
+	tps, err := r.runPgbench(ctx, sess, r.cfg.Clients, pgbench.TurnSQL)
 	if err != nil {
 		return nil, err
 	}
