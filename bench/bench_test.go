@@ -34,7 +34,7 @@ func TestHarnessAgainstAServer(t *testing.T) {
 	var table, progress bytes.Buffer
 	cfg := bench.Config{
 		URL: stack.URL, APIKey: key, Scenario: "all", Duration: 500 * time.Millisecond, ServerPID: os.Getpid(),
-		Clients: 4, Spaces: 2, StreamClients: 4, StreamLatency: 5 * time.Millisecond, Conns: 20, Readers: 2,
+		Clients: 4, Spaces: 2, StreamClients: 4, StreamLatency: 5 * time.Millisecond, ResumeClients: 4, Conns: 20, Readers: 2,
 		ChurnSpaces: 40, ChurnIdleTTL: 200 * time.Millisecond, JSONFile: out,
 	}
 	rep, err := bench.Run(context.Background(), cfg, &table, &progress)
@@ -70,6 +70,7 @@ func TestHarnessAgainstAServer(t *testing.T) {
 	assert.Contains(t, byName["connections"], "rssPerConnKiB")
 	assert.EqualValues(t, 20, byName["connections"]["throughput"], "every connection answered")
 	assert.Contains(t, byName["stream"], "firstChunkP50Ms")
+	assert.EqualValues(t, 100, byName["resume"]["equalPct"])
 	assert.EqualValues(t, 0, byName["churn"]["activeAfterEviction"])
 }
 
