@@ -3,7 +3,6 @@ package bench_test
 import (
 	"bytes"
 	"context"
-	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
@@ -70,13 +69,11 @@ func TestResumeScenarioDetectsALostOffset(t *testing.T) {
 	stack, key := slowStack(t)
 	u, err := url.Parse(stack.URL)
 	require.NoError(t, err)
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.FlushInterval = -1
-	inner := rp.Director
-	rp.Director = func(r *http.Request) {
-		inner(r)
-		r.Header.Del("Last-Event-ID")
-	}
+	rp := &httputil.ReverseProxy{FlushInterval: -1, Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(u)
+		r.Out.Host = r.In.Host
+		r.Out.Header.Del("Last-Event-ID")
+	}}
 	proxy := httptest.NewServer(rp)
 	t.Cleanup(proxy.Close)
 	s := runResume(t, proxy.URL, key)
