@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -297,6 +298,8 @@ func (r *runner) resume(ctx context.Context) (*Result, error) {
 	}
 	const warmup = 2 * time.Second
 	measureFrom := time.Now().Add(warmup)
+	srv0, srvErr := cpuTime(t.pid)
+	own0, _ := cpuTime(os.Getpid())
 	elapsed := loop(ctx, c.ResumeClients, c.Duration, warmup, rec, func(ctx context.Context, i int) error {
 		measured := !time.Now().Before(measureFrom)
 		rounds[i]++
@@ -320,6 +323,8 @@ func (r *runner) resume(ctx context.Context) (*Result, error) {
 		}
 		return nil
 	})
+	srv1, _ := cpuTime(t.pid)
+	own1, _ := cpuTime(os.Getpid())
 	res := &Result{Name: "resume", Settings: t.settings}
 	res.Settings["clients"] = c.ResumeClients
 	res.Settings["replyWords"], res.Settings["tokensPerSecond"] = c.ResumeReplyWords, c.ResumeTokensPerSecond
@@ -340,6 +345,14 @@ func (r *runner) resume(ctx context.Context) (*Result, error) {
 		"equalPct": round2(pct), "offsetMismatches": offsetBad.Load(), "droppedAfterEnd": afterEnd.Load(),
 		"resumeFirstByteP50Ms": fb.P50, "resumeFirstByteP99Ms": fb.P99, "resumeFirstByteMaxMs": fb.Max,
 		"resumeStartP50Ms": st.P50, "resumeStartP99Ms": st.P99, "streamP50Ms": s.P50, "streamP99Ms": s.P99}
+	// CPU share over the whole run (warm-up included) of the server and of
+	// this process (clients and, spawned, the mock model): the resume
+	// latency is mostly the run queue once they saturate the cores.
+	wall := (elapsed + warmup).Seconds()
+	if srvErr == nil && t.pid > 0 {
+		res.Extra["serverCpuPct"] = round2(100 * (srv1 - srv0).Seconds() / wall)
+	}
+	res.Extra["benchCpuPct"] = round2(100 * (own1 - own0).Seconds() / wall)
 	if n > 0 {
 		res.Extra["meanDropAtCodePoints"] = round2(float64(dropAtSum.Load()) / float64(n))
 	}
