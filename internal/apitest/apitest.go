@@ -230,9 +230,9 @@ type sseChecker struct {
 	what string
 	body io.ReadCloser
 
-	buf     []byte
-	events  int
-	lastID  int
+	buf    []byte
+	events int
+	lastID int
 }
 
 func (c *sseChecker) Read(p []byte) (int, error) {
