@@ -370,7 +370,10 @@ func FuzzAPIKey(f *testing.F) {
 		if status < 300 && !strings.Contains(key, e.key) {
 			t.Fatalf("key %q was accepted: %s", key, r)
 		}
-		if status >= 300 && status != http.StatusUnauthorized && !(where == "subprotocol" && status == http.StatusBadRequest) {
+		// 503 is the documented answer when lookups of unknown keys are
+		// over their rate (the fuzzer itself floods them).
+		rateLimited := status == http.StatusServiceUnavailable && strings.Contains(r.String(), "unknown API keys")
+		if status >= 300 && status != http.StatusUnauthorized && !rateLimited && !(where == "subprotocol" && status == http.StatusBadRequest) {
 			t.Fatalf("key %q: want 401 UNAUTHORIZED, got %s", key, r)
 		}
 		if strings.Trim(key, " \t") == e.key && where != "subprotocol" && status != http.StatusOK {

@@ -201,11 +201,12 @@ func ParseOffset(v string) (int, error) {
 	if len(v) > 18 {
 		return 0, errors.New("too large")
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || strings.TrimSpace(v) != v || v[0] == '+' {
-		return 0, errors.New("not a non-negative integer")
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, errors.New("not a non-negative integer")
+		}
 	}
-	return n, nil
+	return strconv.Atoi(v)
 }
 
 // turnStream answers GET …/turns/:turnId/stream: the turn's stream from an
