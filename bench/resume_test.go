@@ -134,7 +134,7 @@ func TestTurnLogCost(t *testing.T) {
 // TestTurnSQLMatchesCommitTurn: the pgbench script writes the same tables
 // as the commit of a turn, and its variant leaves out only the turn log.
 func TestTurnSQLMatchesCommitTurn(t *testing.T) {
-	for _, stmt := range []string{"INSERT INTO records", "UPDATE sessions", "INSERT INTO turns", "ON CONFLICT (id) DO NOTHING", `\startpipeline`, `\endpipeline`} {
+	for _, stmt := range []string{"INSERT INTO records", "UPDATE sessions", "INSERT INTO turns", "ON CONFLICT (space_id, session_id, id) DO NOTHING", `\startpipeline`, `\endpipeline`} {
 		assert.Contains(t, pgbench.TurnSQL, stmt)
 	}
 	assert.NotContains(t, pgbench.TurnSQLWithoutLog, "INSERT INTO turns")

@@ -30,7 +30,7 @@ func queueTurnLog(b *pgx.Batch, l session.TurnLog) {
 	b.Queue(`INSERT INTO turns (id, space_id, session_id, state, input, idempotency_key, final_content,
 		tool_round_count, tool_calls_executed, raw_response, error_code, error_message, created_at, finished_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-		ON CONFLICT (id) DO NOTHING`,
+		ON CONFLICT (space_id, session_id, id) DO NOTHING`,
 		l.ID, l.SpaceID, l.SessionID, l.State, l.Input, nullable(l.IdempotencyKey), l.FinalContent,
 		l.ToolRoundCount, l.ToolCallsExecuted, l.RawResponse, nullable(l.ErrorCode), nullable(l.ErrorMessage),
 		l.CreatedAt, fin)

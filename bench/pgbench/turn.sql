@@ -28,5 +28,5 @@ INSERT INTO turns (id, space_id, session_id, state, input, idempotency_key, fina
     0, 0, '{"content": "Echo: load test input", "model": "fake", "usage": {"InputTokens": 17, "OutputTokens": 4}}',
     NULL, NULL, now(), now()
   FROM bench_turn_sessions b WHERE b.n = :n
-  ON CONFLICT (id) DO NOTHING;
+  ON CONFLICT (space_id, session_id, id) DO NOTHING;
 \endpipeline
