@@ -83,7 +83,7 @@ func checkJSONText(b []byte, known map[string]bool) error {
 			raw := b[i+1 : j]
 			n := len(stack)
 			if n > 0 && stack[n-1].obj && stack[n-1].expectKey {
-				if msg := badText(raw); msg != "" && (known == nil || n > 1) {
+				if msg := badText(raw); msg != "" && (known == nil || (n > 1 && !skipped())) {
 					return badField(path()+" (a key)", msg)
 				}
 				key := string(raw)
