@@ -24,6 +24,7 @@ import (
 
 	"github.com/stellohq/stello"
 	"github.com/stellohq/stello/bench/mockllm"
+	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/openai"
@@ -32,7 +33,7 @@ import (
 	"github.com/stellohq/stello/space"
 )
 
-func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
+func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }
 
 // mockModel is an OpenAI-compatible mock server and a client of it.
 func mockModel(t *testing.T) (*mockllm.Server, llm.Client) {

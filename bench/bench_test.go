@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/bench"
+	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm/fake"
 	"github.com/stellohq/stello/pgstore"
@@ -20,7 +21,7 @@ import (
 	"github.com/stellohq/stello/space"
 )
 
-func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
+func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }
 
 // TestHarnessAgainstAServer runs every scenario, scaled down, against a
 // server given by URL, as a user measuring another deployment would.

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/pgstore"
@@ -21,7 +22,7 @@ import (
 	"github.com/stellohq/stello/session"
 )
 
-func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
+func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }
 
 // ---- helpers shared by the pgstore tests ----
 

@@ -3,7 +3,8 @@ package transport_test
 import (
 	"testing"
 
+	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
-func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
+func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }

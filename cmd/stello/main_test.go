@@ -11,11 +11,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
-func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
+func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a poller.
 type syncBuffer struct {

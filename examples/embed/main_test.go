@@ -18,10 +18,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/bench/mockllm"
+	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
-func TestMain(m *testing.M) { leakCheckMain(m, pgtest.Stop) }
+func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }
 
 // syncBuffer is a bytes.Buffer safe for the program and the test at once.
 type syncBuffer struct {

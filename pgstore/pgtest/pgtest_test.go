@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/stellohq/stello/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) { leakCheckMain(m, Stop) }
+func TestMain(m *testing.M) { leakcheck.Main(m, Stop) }
 
 func must(t testing.TB, err error, what string) {
 	t.Helper()
