@@ -16,6 +16,12 @@ import (
 
 // decode reads a JSON object body into v, enforcing the body limit.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return s.decodeFields(w, r, v, jsonFields(v))
+}
+
+// decodeFields is decode for a body whose known fields are given (nil:
+// every field is checked), for bodies decoded into a map.
+func (s *Server) decodeFields(w http.ResponseWriter, r *http.Request, v any, known map[string]bool) error {
 	body := http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
 	b, err := io.ReadAll(body)
 	if err != nil {
@@ -32,18 +38,20 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if b[0] != '{' && strings.TrimSpace(string(b))[0] != '{' {
 		return apiErr(http.StatusBadRequest, "BAD_REQUEST", "malformed JSON: the body must be a JSON object")
 	}
-	return decodeJSON(b, v)
+	return decodeJSONFields(b, v, known)
 }
 
 // decodeJSON decodes a JSON object, naming in API terms the field that is
 // wrong, and refuses text that would not be kept exactly as sent.
-func decodeJSON(b []byte, v any) error {
+func decodeJSON(b []byte, v any) error { return decodeJSONFields(b, v, jsonFields(v)) }
+
+func decodeJSONFields(b []byte, v any, known map[string]bool) error {
 	if !json.Valid(b) {
 		var probe any
 		err := json.Unmarshal(b, &probe)
 		return apiErr(http.StatusBadRequest, "BAD_REQUEST", fmt.Sprintf("malformed JSON: %v", err))
 	}
-	if err := checkJSONText(b, jsonFields(v)); err != nil {
+	if err := checkJSONText(b, known); err != nil {
 		return err
 	}
 	if err := json.Unmarshal(b, v); err != nil {
@@ -167,7 +175,7 @@ func optString(raw map[string]json.RawMessage, field string) (set bool, v *strin
 
 func (s *Server) patchSpace(w http.ResponseWriter, r *http.Request) {
 	var raw map[string]json.RawMessage
-	if err := s.decode(w, r, &raw); err != nil {
+	if err := s.decodeFields(w, r, &raw, jsonFields(&spaceBody{})); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
