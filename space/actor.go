@@ -67,10 +67,11 @@ type spaceActor struct {
 	writes  []*writeOp // writes waiting behind the running one
 	writing bool
 
-	runs      map[string]*turnRun    // queued and running turns by id
-	keys      map[string]*turnRun    // live turns by session and idempotency key
-	keyChecks map[string][]*turnCall // turns waiting for the database about their key
-	subs      map[Conn]struct{}      // connections subscribed to space events
+	runs      map[string]*turnRun        // queued and running turns by id
+	keys      map[string]*turnRun        // live turns by session and idempotency key
+	keyChecks map[string][]*turnCall     // turns waiting for the database about their key
+	subs      map[Conn]struct{}          // connections subscribed to space events
+	recent    map[string]session.TurnLog // failed and cancelled turns whose row is being written
 
 	mem memState // consolidation / integration bookkeeping
 
@@ -103,6 +104,10 @@ func (s *spaceActor) Receive(msg any) {
 		return
 	case *keyChecked:
 		s.finishKeyCheck(m)
+		return
+	case turnLogged:
+		delete(s.recent, m.id)
+		s.work--
 		return
 	case integrateTick:
 		s.maybeIntegrate()

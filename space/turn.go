@@ -444,19 +444,32 @@ func (s *spaceActor) logTurn(l session.TurnLog) {
 	if s.m.opts.NoTurnLog {
 		return
 	}
+	// Until its row is written the turn is still answered from memory, so
+	// GET …/turns/:id never misses it.
+	if s.recent == nil {
+		s.recent = map[string]session.TurnLog{}
+	}
+	s.recent[l.ID] = l
+	s.work++
 	store, timeout, log := s.m.store, s.m.opts.WriteTimeout, s.m.log
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				_ = s.m.opts.Guard.Caught("turnlog", v)
-			}
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	s.a.Go(func(ctx context.Context) any {
+		// Not cut short by the actor stopping: the row is part of the answer.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		defer cancel()
 		if err := store.LogTurn(ctx, l); err != nil && !errors.Is(err, session.ErrNotFound) {
 			log.Warn("log turn", zap.String("turn", l.ID), zap.Error(err))
 		}
-	}()
+		return turnLogged{id: l.ID}
+	}, func(error) any { return turnLogged{id: l.ID} })
+}
+
+// turnLogged reports a failed or cancelled turn's row written (or given up).
+type turnLogged struct{ id string }
+
+// recentTurn returns a finished turn whose row is still being written.
+func (s *spaceActor) recentTurn(id, sessionID string) (session.TurnLog, bool) {
+	l, ok := s.recent[id]
+	return l, ok && l.SessionID == sessionID
 }
 
 // cancelQueued cancels a turn that has not started.
@@ -563,6 +576,9 @@ func (m *Manager) GetTurn(ctx context.Context, userID, spaceID, sessionID, turnI
 		if r := s.runs[turnID]; r != nil && r.log.SessionID == sessionID {
 			return r.log, nil
 		}
+		if l, ok := s.recentTurn(turnID, sessionID); ok {
+			return l, nil
+		}
 		return nil, nil
 	})
 	if err != nil {
@@ -591,6 +607,9 @@ func (m *Manager) CancelTurn(ctx context.Context, userID, spaceID, sessionID, tu
 		}
 		r := s.runs[turnID]
 		if r == nil || r.log.SessionID != sessionID {
+			if l, ok := s.recentTurn(turnID, sessionID); ok {
+				return l, nil
+			}
 			return nil, nil
 		}
 		if r.log.State == session.TurnQueued {
@@ -647,17 +666,25 @@ func (m *Manager) FollowTurn(ctx context.Context, userID, spaceID, sessionID, tu
 		if r := s.runs[turnID]; r != nil && r.log.SessionID == sessionID && r.follow(from, f) {
 			return true, nil
 		}
+		if l, ok := s.recentTurn(turnID, sessionID); ok {
+			return l, nil
+		}
 		return false, nil
 	})
 	if err != nil {
 		return err
 	}
-	if v.(bool) {
-		return nil
-	}
-	l, err := m.store.TurnLog(ctx, spaceID, sessionID, turnID)
-	if err != nil {
-		return err
+	var l session.TurnLog
+	switch x := v.(type) {
+	case bool:
+		if x {
+			return nil
+		}
+		if l, err = m.store.TurnLog(ctx, spaceID, sessionID, turnID); err != nil {
+			return err
+		}
+	case session.TurnLog:
+		l = x
 	}
 	if f.OnStart != nil {
 		f.OnStart(turnID)

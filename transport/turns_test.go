@@ -254,11 +254,14 @@ func TestTurnIDsAndTheTurnLog(t *testing.T) {
 	restErr(t, r, http.StatusBadGateway, "LLM_ERROR")
 	failedID := r.Header.Get("Stello-Turn-Id")
 	require.NotEmpty(t, failedID)
+	failed := e.getTurn(t, failedID) // at once: from memory until its row is written
+	assert.Equal(t, "failed", failed.State)
 	require.Eventually(t, func() bool {
-		resp := e.c.do("GET", e.path+"/turns/"+failedID, nil)
-		return resp.Status == http.StatusOK
-	}, 5*time.Second, 10*time.Millisecond, "the failed turn is logged")
-	failed := e.getTurn(t, failedID)
+		var n int
+		err := e.stack.Store.Pool().QueryRow(t.Context(), "SELECT count(*) FROM turns WHERE id = $1", failedID).Scan(&n)
+		return err == nil && n == 1
+	}, 5*time.Second, 10*time.Millisecond, "the failed turn's row is written")
+	failed = e.getTurn(t, failedID)
 	assert.Equal(t, "failed", failed.State)
 	require.NotNil(t, failed.Error)
 	assert.Equal(t, "LLM_ERROR", failed.Error.Code)
@@ -373,7 +376,6 @@ func TestIfBusyPolicies(t *testing.T) {
 	assert.Equal(t, "four", msgs[0].Content)
 	for _, r := range []rawResp{r1, r3} {
 		id := r.header.Get("Stello-Turn-Id")
-		require.Eventually(t, func() bool { return e.c.do("GET", e.path+"/turns/"+id, nil).Status == http.StatusOK }, 5*time.Second, 10*time.Millisecond)
 		assert.Equal(t, "cancelled", e.getTurn(t, id).State)
 	}
 }
