@@ -122,6 +122,9 @@ func (s *System) Stop(id string, err error) {
 	}
 }
 
+// MailboxSize is the capacity of each mailbox.
+func (s *System) MailboxSize() int { return s.opts.MailboxSize }
+
 // Len returns the number of resident actors.
 func (s *System) Len() int { return s.actors.Size() }
 

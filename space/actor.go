@@ -46,9 +46,6 @@ func (c *call) answer(v any, err error) {
 	}
 }
 
-// deferred is returned by a call's fn whose answer comes later (a write).
-type deferred struct{}
-
 // spaceActor is the behavior of one space's actor. All fields are owned by
 // the actor goroutine.
 type spaceActor struct {
@@ -114,6 +111,12 @@ func (s *spaceActor) Receive(msg any) {
 		return
 	}
 	if !s.loaded {
+		// The mailbox bound would not hold while the actor drains it into
+		// the stash: the stash has the same bound.
+		if len(s.stash) >= s.m.sys.MailboxSize() {
+			s.refuse(msg, fmt.Errorf("space mailbox full while the space loads: %w", session.ErrBusy))
+			return
+		}
 		s.stash = append(s.stash, msg)
 		s.startLoad()
 		return
@@ -124,11 +127,7 @@ func (s *spaceActor) Receive(msg any) {
 			m.answer(nil, session.ErrForbidden)
 			return
 		}
-		v, err := m.fn(s)
-		if _, later := v.(deferred); later && err == nil {
-			return
-		}
-		m.answer(v, err)
+		m.answer(m.fn(s))
 	case *writeOp:
 		if m.userID != "" && m.userID != s.space.UserID {
 			m.answer(nil, session.ErrForbidden)
@@ -254,8 +253,10 @@ func (s *spaceActor) Stopped(err error) {
 
 // Reject implements actor.Behavior. It may run after the actor stopped, on
 // a task's goroutine: it touches only the message.
-func (s *spaceActor) Reject(msg any, err error) {
-	err = stopAnswer(err)
+func (s *spaceActor) Reject(msg any, err error) { s.refuse(msg, stopAnswer(err)) }
+
+// refuse answers whoever waits on msg with err.
+func (s *spaceActor) refuse(msg any, err error) {
 	switch m := msg.(type) {
 	case *call:
 		m.answer(nil, err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"go.uber.org/zap"
@@ -35,7 +36,7 @@ const (
 	IfBusyInterrupt = "interrupt"
 )
 
-// MaxIdempotencyKey is the longest accepted idempotency key, in bytes.
+// MaxIdempotencyKey is the longest accepted idempotency key, in characters.
 const MaxIdempotencyKey = 255
 
 // TurnOptions are the optional parts of a turn.
@@ -129,8 +130,8 @@ func ValidateTurnOptions(o TurnOptions) error {
 	default:
 		return &session.FieldError{Field: "ifBusy", Msg: `must be "enqueue", "reject" or "interrupt"`}
 	}
-	if len(o.IdempotencyKey) > MaxIdempotencyKey {
-		return &session.FieldError{Field: "idempotencyKey", Msg: fmt.Sprintf("must be at most %d bytes", MaxIdempotencyKey)}
+	if utf8.RuneCountInString(o.IdempotencyKey) > MaxIdempotencyKey {
+		return &session.FieldError{Field: "idempotencyKey", Msg: fmt.Sprintf("must be at most %d characters", MaxIdempotencyKey)}
 	}
 	return session.ValidText("idempotencyKey", o.IdempotencyKey)
 }
