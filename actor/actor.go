@@ -150,6 +150,17 @@ func (a *Actor) run() {
 	}
 }
 
+// safely runs fn, catching (logging, counting) a panic: the actor must
+// finish stopping whatever its behaviour does.
+func (a *Actor) safely(fn func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = a.sys.opts.Guard.Caught("actor.stop", v)
+		}
+	}()
+	fn()
+}
+
 // receive hands msg to the behavior, turning a panic into an error.
 func (a *Actor) receive(msg any) (err error) {
 	defer func() {
@@ -183,13 +194,15 @@ func (a *Actor) stop(err error) {
 	if a.cancel != nil {
 		a.cancel()
 	}
-	for _, m := range left {
-		if _, ok := m.(stopMsg); ok {
-			continue
+	a.safely(func() {
+		for _, m := range left {
+			if _, ok := m.(stopMsg); ok {
+				continue
+			}
+			a.beh.Reject(m, err)
 		}
-		a.beh.Reject(m, err)
-	}
-	a.beh.Stopped(err)
+	})
+	a.safely(func() { a.beh.Stopped(err) })
 	close(a.sys.doneCh(a))
 }
 

@@ -195,17 +195,28 @@ func (s *System) evictLoop() {
 				go debug.FreeOSMemory()
 			}
 			lastSweep = ev
-			cutoff := time.Now().Add(-s.opts.IdleTTL).UnixNano()
-			s.actors.Range(func(id string, a *Actor) bool {
-				if a.lastActive.Load() < cutoff && a.tasks.Load() == 0 {
-					if a.send(stopMsg{onlyIfIdle: true, err: ErrStopped}, true) == nil {
-						a.lastActive.Store(time.Now().UnixNano())
-					}
-				}
-				return true
-			})
+			s.sweep()
 		}
 	}
+}
+
+// sweep asks every actor idle for longer than the TTL to stop. A panic is
+// caught here so that eviction goes on.
+func (s *System) sweep() {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = s.opts.Guard.Caught("actor.evict", v)
+		}
+	}()
+	cutoff := time.Now().Add(-s.opts.IdleTTL).UnixNano()
+	s.actors.Range(func(id string, a *Actor) bool {
+		if a.lastActive.Load() < cutoff && a.tasks.Load() == 0 {
+			if a.send(stopMsg{onlyIfIdle: true, err: ErrStopped}, true) == nil {
+				a.lastActive.Store(time.Now().UnixNano())
+			}
+		}
+		return true
+	})
 }
 
 // Close stops every actor (rejecting queued messages with ErrClosed),

@@ -212,7 +212,7 @@ func (s *Server) watchKeys(store KeyStore) {
 			func() {
 				defer func() {
 					if p := recover(); p != nil {
-						s.log.Error("key revocation listener panicked; restarting it", zap.Any("panic", p), zap.Stack("stack"))
+						_ = s.guard.Caught("keys.listener", p) // logged and counted; restarted below
 					}
 				}()
 				_ = w.ListenKeyRevocations(ctx, s.keyRevoked, s.resyncKeys)
@@ -291,14 +291,7 @@ func (s *Server) closeRevokedConns(userID string) {
 		if active[c.keyHash] {
 			continue
 		}
-		go func() {
-			defer func() {
-				if p := recover(); p != nil {
-					s.log.Error("closing a revoked WebSocket panicked", zap.Any("panic", p), zap.Stack("stack"))
-				}
-			}()
-			c.CloseWith(CloseKeyRevoked, "API key revoked")
-		}()
+		c.CloseWith(CloseKeyRevoked, "API key revoked") // never blocks
 	}
 }
 

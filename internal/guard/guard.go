@@ -72,19 +72,3 @@ func (g *Guard) Caught(where string, v any) error {
 	}
 	return err
 }
-
-// Go runs fn on a new goroutine; a panic in it is caught and handed to
-// onPanic (which may be nil).
-func (g *Guard) Go(where string, fn func(), onPanic func(error)) {
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				err := g.Caught(where, v)
-				if onPanic != nil {
-					onPanic(err)
-				}
-			}
-		}()
-		fn()
-	}()
-}
