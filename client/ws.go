@@ -152,6 +152,9 @@ func (c *Conn) readLoop() {
 			select {
 			case w.ch <- m:
 			case <-w.gone:
+			case <-c.closing: // Close must never wait on a caller that stopped reading
+				end = errors.New("stello: websocket closed by the client")
+				return
 			}
 			continue
 		}

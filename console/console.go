@@ -73,15 +73,6 @@ func New(notFound http.Handler) *Handler {
 	return h
 }
 
-// Names lists the embedded assets (paths below Prefix).
-func (h *Handler) Names() []string {
-	out := make([]string, 0, len(h.assets))
-	for n := range h.assets {
-		out = append(out, n)
-	}
-	return out
-}
-
 // ServeHTTP answers GET and HEAD for the page and its assets. Every answer
 // is revalidated by ETag, so a new binary's console is picked up at once.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

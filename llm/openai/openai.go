@@ -130,7 +130,10 @@ func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, 
 	if !provutil.IsJSON(raw.Header.Get("Content-Type")) {
 		return nil, c.notA(raw, "chat completion")
 	}
-	data, err := io.ReadAll(raw.Body)
+	data, err := io.ReadAll(io.LimitReader(raw.Body, provutil.MaxResponseBytes+1))
+	if err == nil && len(data) > provutil.MaxResponseBytes {
+		err = fmt.Errorf("the answer is over %d bytes", provutil.MaxResponseBytes)
+	}
 	if err != nil {
 		return nil, c.mapError(ctx, fmt.Errorf("reading the completion: %w", err), status)
 	}

@@ -217,3 +217,7 @@ func HTTPClient() *http.Client {
 	t.MaxIdleConnsPerHost = 512
 	return &http.Client{Transport: t}
 }
+
+// MaxResponseBytes bounds a whole (non-streamed) provider answer read into
+// memory; a larger one is a provider error, not a server out of memory.
+const MaxResponseBytes = 32 << 20
