@@ -87,7 +87,11 @@ func (s *Store) Migrate(ctx context.Context) ([]int, error) {
 		return nil, wrap(ctx, "migrate: lock", err)
 	}
 	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(migrationLockID))
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, "SELECT pg_advisory_unlock($1)", int64(migrationLockID)); err != nil {
+			_ = conn.Conn().Close(uctx) // closing the session releases its lock
+		}
 	}()
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		version integer PRIMARY KEY,

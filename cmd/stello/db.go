@@ -109,9 +109,4 @@ func redactURL(s string) string {
 
 // statementTimeout converts the flag to PoolOptions.StatementTimeout, where
 // zero means the default: a flag of zero or less disables the bound.
-func (d *dbFlags) statementTimeout() time.Duration {
-	if d.stmtTimeout <= 0 {
-		return -1
-	}
-	return d.stmtTimeout
-}
+func (d *dbFlags) statementTimeout() time.Duration { return offIfZero(d.stmtTimeout) }

@@ -53,8 +53,6 @@ type Validator struct {
 	seen map[string]map[int]bool // operationId → statuses
 }
 
-// New returns a Validator over next (http.DefaultTransport when nil).
-// Validation failures are reported with t.Errorf.
 func init() {
 	// The web console's page and assets are text.
 	for _, ct := range []string{"text/html", "text/css", "text/javascript"} {
@@ -62,6 +60,8 @@ func init() {
 	}
 }
 
+// New returns a Validator over next (http.DefaultTransport when nil).
+// Validation failures are reported with t.Errorf.
 func New(t testing.TB, next http.RoundTripper) *Validator {
 	t.Helper()
 	doc := Doc(t)

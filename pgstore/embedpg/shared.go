@@ -175,7 +175,14 @@ func usersPath(dir string) string {
 
 // lockFile opens path (creating it) and takes an flock of kind how on it,
 // polling until ctx is done. Closing the file releases the lock.
+// lockWait bounds the wait for another process's hold on a lock file.
+const lockWait = 2 * time.Minute
+
 func lockFile(ctx context.Context, path string, how int) (*os.File, error) {
+	// Bounded whatever the caller's context: a stello process stopped
+	// while holding the lock must not hold this one for ever.
+	ctx, cancel := context.WithTimeout(ctx, lockWait)
+	defer cancel()
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
