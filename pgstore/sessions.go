@@ -191,7 +191,10 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 		// must not cut it short, or a turn that committed would be reported
 		// as failed (and "nothing persisted").
 		// It is still bounded, so a dead connection cannot hold the turn.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		// The statement timeout's client-side deadline must not cut it
+		// either (the server side still applies: a statement it cancels
+		// aborts the whole batch, so the answer matches the database).
+		sctx, cancel := context.WithTimeout(withoutStatementTimeout(context.WithoutCancel(ctx)), commitTimeout)
 		defer cancel()
 		br := conn.SendBatch(sctx, b)
 		defer br.Close()
