@@ -23,11 +23,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/stellohq/stello/cluster"
 	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/fake"
@@ -125,6 +127,18 @@ type Config struct {
 	// are served by AdminHandler only.
 	SeparateAdmin bool
 
+	// AdvertiseURL is how the other processes sharing the database reach
+	// this one to forward requests for the spaces it owns (default:
+	// "http://" and the address of the first listener given to Serve).
+	AdvertiseURL string
+	// LeaseTTL is how long this process's heartbeat vouches for the
+	// spaces it owns: after it dies, they move to other processes within
+	// this time (default 10s).
+	LeaseTTL time.Duration
+	// NodeID names this process among those sharing the database
+	// (default: a new UUIDv7 per start).
+	NodeID string
+
 	// Logger receives the server's logs (default: none).
 	Logger *zap.Logger
 	// Registry receives the server's metrics, served on /metrics. Default:
@@ -145,6 +159,9 @@ type Server struct {
 	front  *transport.Server
 	reg    *prometheus.Registry
 	pool   *Pool
+	member *cluster.Membership
+	nodeID string
+	ttl    time.Duration
 
 	mu      sync.Mutex
 	closed  bool
@@ -198,6 +215,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.engine = session.NewEngine(s.store, s.model, tools, session.Options{
 		MaxContextTokens: cfg.MaxContextTokens, MaxToolRounds: cfg.MaxToolRounds, MaxTokens: cfg.MaxTokens})
 	panics := guard.New(log)
+	s.nodeID = cfg.NodeID
+	if s.nodeID == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			s.closeDB()
+			return nil, fmt.Errorf("node id: %w", err)
+		}
+		s.nodeID = id.String()
+	}
+	s.ttl = orDefault(cfg.LeaseTTL, cluster.DefaultLeaseTTL)
 	s.spaces = space.NewManager(space.Options{
 		IdleTTL:          orDefault(cfg.IdleTTL, 5*time.Minute),
 		MailboxSize:      cfg.MailboxSize,
@@ -207,7 +234,20 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Guard:            panics,
 		Build:            cfg.BuildSpace,
 		NoTurnLog:        cfg.NoTurnLog,
+		Cluster: &space.Cluster{NodeID: s.nodeID, LeaseTTL: s.ttl, Alive: func() bool {
+			return s.member != nil && s.member.Alive()
+		}},
 	}, s.store, s.engine, log)
+	member, err := cluster.Join(ctx, s.store, cluster.Options{NodeID: s.nodeID, AdvertiseURL: cfg.AdvertiseURL,
+		LeaseTTL: s.ttl, Log: log, Guard: panics,
+		OnLost:     s.spaces.LoseLeases,
+		OnReleased: s.spaces.ForgetOwner,
+	})
+	if err != nil {
+		s.closeParts(ctx)
+		return nil, err // "join the cluster: …"
+	}
+	s.member = member
 	s.pool = &Pool{m: s.spaces}
 
 	s.reg = cfg.Registry
@@ -239,6 +279,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Pprof:             cfg.Pprof,
 		SeparateAdmin:     cfg.SeparateAdmin,
 		Guard:             panics,
+		Forward:           &transport.ForwardOptions{NodeID: s.nodeID},
 	}, s.spaces, s.store, s.store, log, s.reg)
 	return s, nil
 }
@@ -273,6 +314,9 @@ func (s *Server) Pool() *Pool { return s.pool }
 // Store is the database storage, e.g. to create users and API keys
 // (Store().CreateUser).
 func (s *Server) Store() *pgstore.Store { return s.store }
+
+// NodeID is this process's id among those sharing the database.
+func (s *Server) NodeID() string { return s.nodeID }
 
 // Model is the server's default model.
 func (s *Server) Model() llm.Client { return s.model }
@@ -316,7 +360,18 @@ func (s *Server) serve(ln net.Listener, h http.Handler, name string, list *[]*ht
 		return http.ErrServerClosed
 	}
 	*list = append(*list, srv)
+	advertise := name == "http" && s.member.AdvertiseURL() == ""
 	s.mu.Unlock()
+	if advertise {
+		// Other processes forward requests here from now on.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := s.member.SetAdvertiseURL(ctx, "http://"+ln.Addr().String())
+		cancel()
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+	}
 	return srv.Serve(ln)
 }
 
@@ -373,6 +428,14 @@ func (s *Server) close(ctx context.Context) error {
 		s.log.Warn("space actors did not stop in time", zap.Error(err))
 		errs = append(errs, fmt.Errorf("stop space actors: %w", err))
 	}
+	// Every lease goes back at once: other processes take the spaces over
+	// on their next request.
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	if err := s.member.Leave(lctx); err != nil {
+		s.log.Warn("leave the cluster", zap.Error(err))
+		errs = append(errs, err)
+	}
+	cancel()
 	for _, srv := range admins {
 		if err := srv.Shutdown(ctx); err != nil {
 			_ = srv.Close()
@@ -387,6 +450,9 @@ func (s *Server) closeParts(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_ = s.spaces.Close(cctx)
+	if s.member != nil {
+		_ = s.member.Leave(cctx)
+	}
 	s.closeDB()
 }
 

@@ -122,6 +122,14 @@ func (s *System) Stop(id string, err error) {
 	}
 }
 
+// StopAll stops every resident actor now, as Stop does.
+func (s *System) StopAll(err error) {
+	s.actors.Range(func(_ string, a *Actor) bool {
+		_ = a.send(stopMsg{err: err}, true)
+		return true
+	})
+}
+
 // MailboxSize is the capacity of each mailbox.
 func (s *System) MailboxSize() int { return s.opts.MailboxSize }
 

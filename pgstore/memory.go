@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 
@@ -22,11 +23,12 @@ func (s *Store) MemoryState(ctx context.Context, spaceID, sessionID string) (ses
 // it wrote, and the new version.
 func (s *Store) WriteConsolidation(ctx context.Context, spaceID, sessionID, memory string, expect, through int64) (int64, bool, error) {
 	var v int64
-	err := s.pool.QueryRow(ctx, `UPDATE session_data SET memory = $3, memory_version = memory_version + 1,
+	err := s.queryRowSpace(ctx, spaceID, func(r pgx.Row) error { return r.Scan(&v) },
+		`UPDATE session_data SET memory = $3, memory_version = memory_version + 1,
 		consolidated_through = GREATEST(consolidated_through, $5)
 		WHERE space_id = $1 AND session_id = $2 AND memory_version = $4 RETURNING memory_version`,
-		spaceID, sessionID, memory, expect, through).Scan(&v)
-	if err == pgx.ErrNoRows {
+		spaceID, sessionID, memory, expect, through)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}
 	if err != nil {
@@ -44,7 +46,7 @@ func (s *Store) WriteIntegration(ctx context.Context, spaceID, rootID, synthesis
 	var v int64
 	var written []string
 	ok := true
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.spaceTx(ctx, spaceID, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `UPDATE session_data SET memory = $3, memory_version = memory_version + 1
 			WHERE space_id = $1 AND session_id = $2 AND memory_version = $4 RETURNING memory_version`,
 			spaceID, rootID, synthesis, expect).Scan(&v)
@@ -94,7 +96,7 @@ func (s *Store) ChildMemories(ctx context.Context, spaceID string) ([]session.Ch
 // SaveSummary caches the summary of a session's records up to through,
 // unless a summary covering more is already stored.
 func (s *Store) SaveSummary(ctx context.Context, spaceID, sessionID, summary string, through int64) error {
-	_, err := s.pool.Exec(ctx, `UPDATE session_data SET summary = $3, summary_through = $4
+	_, err := s.execSpace(ctx, spaceID, `UPDATE session_data SET summary = $3, summary_through = $4
 		WHERE space_id = $1 AND session_id = $2 AND summary_through < $4`, spaceID, sessionID, summary, through)
 	return wrap(ctx, "save summary", err)
 }

@@ -35,7 +35,7 @@ func insertSession(ctx context.Context, tx pgx.Tx, st session.State) error {
 // records are copied into it; a non-nil prompt becomes its first assistant
 // message. All of it commits in one transaction.
 func (s *Store) CreateSession(ctx context.Context, st session.State, inherit bool, prompt *string) error {
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.spaceTx(ctx, st.Meta.SpaceID, func(tx pgx.Tx) error {
 		if err := insertSession(ctx, tx, st); err != nil {
 			return err
 		}
@@ -60,7 +60,7 @@ func (s *Store) CreateSession(ctx context.Context, st session.State, inherit boo
 // ArchiveSession marks a session archived and returns its update time.
 func (s *Store) ArchiveSession(ctx context.Context, spaceID, sessionID string) (time.Time, error) {
 	t := now()
-	tag, err := s.pool.Exec(ctx, "UPDATE sessions SET status = 'archived', updated_at = $3 WHERE space_id = $1 AND id = $2", spaceID, sessionID, t)
+	tag, err := s.execSpace(ctx, spaceID, "UPDATE sessions SET status = 'archived', updated_at = $3 WHERE space_id = $1 AND id = $2", spaceID, sessionID, t)
 	if err == nil && tag.RowsAffected() == 0 {
 		err = pgx.ErrNoRows
 	}
@@ -78,7 +78,7 @@ func (s *Store) SetSlot(ctx context.Context, spaceID, sessionID string, slot ses
 	default:
 		return fmt.Errorf("set slot: unknown slot %q", slot)
 	}
-	tag, err := s.pool.Exec(ctx, q, spaceID, sessionID, content)
+	tag, err := s.execSpace(ctx, spaceID, q, spaceID, sessionID, content)
 	if err == nil && tag.RowsAffected() == 0 {
 		err = pgx.ErrNoRows
 	}
@@ -165,6 +165,7 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 	// One batch is one round trip and runs in one implicit transaction:
 	// either every statement commits or none does.
 	b := &pgx.Batch{}
+	fenced := queueFence(ctx, b, c.SpaceID)
 	b.Queue(`INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
 		SELECT $1, $2, t.role, t.content, t.calls, t.call_id, $7
 		FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[]) WITH ORDINALITY AS t(role, content, calls, call_id, n)
@@ -198,6 +199,11 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 		defer cancel()
 		br := conn.SendBatch(sctx, b)
 		defer br.Close()
+		if fenced {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
 		rows, err := br.Query()
 		if err != nil {
 			return err

@@ -103,7 +103,7 @@ func (s *Store) LoadSpace(ctx context.Context, spaceID string) (session.Space, [
 // root session, in the same transaction.
 func (s *Store) UpdateSpace(ctx context.Context, spaceID string, p session.SpacePatch) (session.Space, error) {
 	var sp session.Space
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.spaceTx(ctx, spaceID, func(tx pgx.Tx) error {
 		var err error
 		sp, err = scanSpace(tx.QueryRow(ctx, `UPDATE spaces SET
 			label = COALESCE($2, label),
@@ -136,7 +136,7 @@ func nullJSON(b json.RawMessage) any {
 
 // DeleteSpace deletes a space with its sessions, records and data.
 func (s *Store) DeleteSpace(ctx context.Context, spaceID string) error {
-	tag, err := s.pool.Exec(ctx, "DELETE FROM spaces WHERE id = $1", spaceID)
+	tag, err := s.execSpace(ctx, spaceID, "DELETE FROM spaces WHERE id = $1", spaceID)
 	if err != nil {
 		return wrap(ctx, "delete space", err)
 	}
@@ -148,7 +148,7 @@ func (s *Store) DeleteSpace(ctx context.Context, spaceID string) error {
 
 // SetSpaceValue stores a space-level key/value.
 func (s *Store) SetSpaceValue(ctx context.Context, spaceID, key string, value json.RawMessage) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO space_kv (space_id, key, value) VALUES ($1, $2, $3)
+	_, err := s.execSpace(ctx, spaceID, `INSERT INTO space_kv (space_id, key, value) VALUES ($1, $2, $3)
 		ON CONFLICT (space_id, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()`, spaceID, key, string(value))
 	return wrap(ctx, fmt.Sprintf("set space value %q", key), err)
 }

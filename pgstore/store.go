@@ -62,6 +62,9 @@ func Open(ctx context.Context, url string, o PoolOptions) (*Store, error) {
 			ms = 1
 		}
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(ms, 10)
+		// A process paused in the middle of a transaction must not hold
+		// its locks (a space lease's share lock, say) for longer either.
+		cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(ms, 10)
 		if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > timeout {
 			cfg.ConnConfig.ConnectTimeout = timeout
 		}
@@ -109,6 +112,9 @@ func wrap(ctx context.Context, op string, err error) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if pgErr.Code == codeLeaseLost {
+			return fmt.Errorf("%s: %w", op, session.ErrLeaseLost)
+		}
 		switch {
 		case pgErr.Code == "57014" && strings.Contains(pgErr.Message, "statement timeout"),
 			strings.HasPrefix(pgErr.Code, "57P"), // admin shutdown, crash shutdown, cannot connect now

@@ -40,6 +40,7 @@ func queueTurnLog(b *pgx.Batch, l session.TurnLog) {
 // turns are logged by CommitTurn, in the turn's own transaction).
 func (s *Store) LogTurn(ctx context.Context, l session.TurnLog) error {
 	b := &pgx.Batch{}
+	queueFence(ctx, b, l.SpaceID)
 	queueTurnLog(b, l)
 	return wrap(ctx, "log turn", s.pool.SendBatch(ctx, b).Close())
 }

@@ -180,6 +180,15 @@ const (
 // connection (no answer to a ping) is replaced, with exponential backoff
 // between attempts. It returns ctx's error.
 func (s *Store) ListenKeyRevocations(ctx context.Context, revoked func(userID string), resync func()) error {
+	return s.Listen(ctx, KeyRevocationChannel, revoked, resync)
+}
+
+// Listen listens on a notification channel on a dedicated connection until
+// ctx is done, calling notified with each payload, and resync after every
+// (re)connection once listening (notifications sent while it was not
+// listening are lost). A lost or silent connection is replaced, with
+// exponential backoff between attempts. It returns ctx's error.
+func (s *Store) Listen(ctx context.Context, channel string, notified func(payload string), resync func()) error {
 	cfg := s.pool.Config().ConnConfig.Copy()
 	cfg.Tracer = nil
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > listenPing {
@@ -187,7 +196,7 @@ func (s *Store) ListenKeyRevocations(ctx context.Context, revoked func(userID st
 	}
 	backoff := listenBackoffMin
 	for {
-		err := s.listenOnce(ctx, cfg, revoked, resync, func() { backoff = listenBackoffMin })
+		err := s.listenOnce(ctx, cfg, channel, notified, resync, func() { backoff = listenBackoffMin })
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -201,7 +210,7 @@ func (s *Store) ListenKeyRevocations(ctx context.Context, revoked func(userID st
 	}
 }
 
-func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, revoked func(string), resync, connected func()) error {
+func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, channel string, notified func(string), resync, connected func()) error {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return err
@@ -212,7 +221,7 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, revoked fun
 		_ = conn.Close(cctx)
 	}()
 	lctx, cancel := context.WithTimeout(ctx, listenPing)
-	_, err = conn.Exec(lctx, "LISTEN "+pgx.Identifier{KeyRevocationChannel}.Sanitize())
+	_, err = conn.Exec(lctx, "LISTEN "+pgx.Identifier{channel}.Sanitize())
 	cancel()
 	if err != nil {
 		return err
@@ -225,7 +234,7 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, revoked fun
 		cancel()
 		switch {
 		case err == nil:
-			revoked(n.Payload)
+			notified(n.Payload)
 			continue
 		case ctx.Err() != nil:
 			return ctx.Err()

@@ -73,6 +73,10 @@ type spaceActor struct {
 	mem memState // consolidation / integration bookkeeping
 
 	setup *session.SpaceSetup // chosen by Options.Build at load; nil without one
+
+	lease  session.Lease // this process's lease on the space (with a Cluster)
+	leased bool
+	lost   bool // the lease was taken over: do not hand it back
 }
 
 func (m *Manager) newActor(a *actor.Actor) actor.Behavior {
@@ -92,12 +96,15 @@ func (s *spaceActor) Receive(msg any) {
 		return
 	case *turnDone:
 		s.finishTurn(m)
+		s.checkLease(m.err)
 		return
 	case *memoryDone:
 		s.finishMemory(m)
+		s.checkLease(m.err)
 		return
 	case *writeDone:
 		s.finishWrite(m)
+		s.checkLease(m.err)
 		return
 	case *keyChecked:
 		s.finishKeyCheck(m)
@@ -146,6 +153,7 @@ type loadDone struct {
 	space  session.Space
 	states []session.State
 	setup  *session.SpaceSetup
+	lease  *session.Lease
 	err    error
 }
 
@@ -166,17 +174,31 @@ func (s *spaceActor) startLoad() {
 		case <-ctx.Done():
 			return &loadDone{err: fmt.Errorf("%w: waiting to load the space: %w", ErrUnavailable, ctx.Err())}
 		}
+		var lease *session.Lease
+		if m.opts.Cluster != nil {
+			// The lease first: the load then sees every write of a
+			// previous owner (a write commits before a takeover or not
+			// at all).
+			l, err := m.acquire(ctx, id)
+			if err != nil {
+				return &loadDone{err: err}
+			}
+			lease = &l
+		}
 		sp, states, err := m.store.LoadSpace(ctx, id)
 		if err != nil {
-			return &loadDone{err: err}
+			return &loadDone{lease: lease, err: err}
 		}
 		setup, err := m.build(ctx, sp)
-		return &loadDone{space: sp, states: states, setup: setup, err: err}
+		return &loadDone{space: sp, states: states, setup: setup, lease: lease, err: err}
 	}, func(err error) any { return &loadDone{err: err} })
 }
 
 func (s *spaceActor) finishLoad(d *loadDone) {
 	s.loading = false
+	if d.lease != nil {
+		s.lease, s.leased = *d.lease, true
+	}
 	err := d.err
 	if err == nil {
 		s.space = d.space
@@ -186,8 +208,10 @@ func (s *spaceActor) finishLoad(d *loadDone) {
 			err = fmt.Errorf("space %s has no root session", d.space.ID)
 		}
 	}
+	s.m.loaded(s.a.ID(), err)
+	var notOwner *NotOwnerError
 	if err != nil {
-		if !errors.Is(err, session.ErrNotFound) {
+		if !errors.Is(err, session.ErrNotFound) && !errors.As(err, &notOwner) {
 			s.logger().Error("load space", zap.Error(err))
 			if !errors.Is(err, guard.ErrPanic) && !errors.Is(err, ErrUnavailable) {
 				err = fmt.Errorf("%w: load space: %w", ErrUnavailable, err)
@@ -224,6 +248,9 @@ func stopAnswer(err error) error {
 // Stopped implements actor.Behavior: everything still waiting on the space
 // is answered at once.
 func (s *spaceActor) Stopped(err error) {
+	if s.m.opts.Cluster != nil {
+		s.m.unloaded(s.a.ID(), s.lease, s.leased && !s.lost && releasing(err))
+	}
 	err = stopAnswer(err)
 	for _, m := range s.stash {
 		s.Reject(m, err)

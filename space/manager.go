@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/puzpuzpuz/xsync/v3"
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/actor"
@@ -46,6 +47,9 @@ type Options struct {
 	// Build, when set, is called as each space's actor loads and chooses
 	// that space's model, extra tools and default prompts (see BuildFunc).
 	Build BuildFunc
+	// Cluster, when set, makes the manager share its database with other
+	// processes: spaces are activated under a lease (see Cluster).
+	Cluster *Cluster
 }
 
 // Manager is the handle on every space actor: the agent pool.
@@ -57,6 +61,9 @@ type Manager struct {
 	sys    *actor.System
 	loads  chan struct{} // semaphore of space loads
 	met    metrics
+
+	routes   *xsync.MapOf[string, route] // where spaces are served (with a Cluster)
+	releases chan releaseReq             // leases of evicted spaces to hand back
 
 	sweeping sync.WaitGroup
 }
@@ -99,6 +106,20 @@ func NewManager(opts Options, store Store, engine Engine, log *zap.Logger) *Mana
 	m.sys = actor.NewSystem(actor.Options{IdleTTL: opts.IdleTTL, MailboxSize: opts.MailboxSize, Guard: opts.Guard}, m.newActor)
 	m.sweeping.Add(1)
 	go m.sweepTurnLogs()
+	if opts.Cluster != nil {
+		c := *opts.Cluster
+		if c.LeaseTTL <= 0 {
+			c.LeaseTTL = 10 * time.Second
+		}
+		if c.Alive == nil {
+			c.Alive = func() bool { return true }
+		}
+		m.opts.Cluster = &c
+		m.routes = xsync.NewMapOf[string, route]()
+		m.releases = make(chan releaseReq, 4096)
+		m.sweeping.Add(1)
+		go m.releaseLoop()
+	}
 	return m
 }
 

@@ -53,7 +53,7 @@ func (s *spaceActor) startConsolidation(n *node, reply chan result) {
 	s.work++
 	sp, st, setup := s.space, session.State{Meta: n.meta, Data: n.data}, s.setup
 	engine, timeout := s.m.engine, s.m.opts.MemoryTimeout
-	s.a.Go(func(ctx context.Context) any {
+	s.task(func(ctx context.Context) any {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		res, err := engine.ConsolidateFor(ctx, setup, sp, st)
@@ -76,7 +76,7 @@ func (s *spaceActor) startIntegration(reply chan result) {
 	s.work++
 	sp, root, setup := s.space, session.State{Meta: s.tree.root.meta, Data: s.tree.root.data}, s.setup
 	engine, timeout := s.m.engine, s.m.opts.MemoryTimeout
-	s.a.Go(func(ctx context.Context) any {
+	s.task(func(ctx context.Context) any {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		res, err := engine.IntegrateFor(ctx, setup, sp, root)

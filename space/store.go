@@ -25,4 +25,7 @@ type Store interface {
 	TurnLog(ctx context.Context, spaceID, sessionID, turnID string) (session.TurnLog, error)
 	CompletedTurnByKey(ctx context.Context, spaceID, sessionID, key string) (session.TurnLog, bool, error)
 	DeleteExpiredTurnLogs(ctx context.Context, before time.Time) (int64, error)
+	// AcquireSpace and ReleaseSpaces manage space leases (with a Cluster).
+	AcquireSpace(ctx context.Context, spaceID, nodeID string) (session.Lease, *session.Owner, error)
+	ReleaseSpaces(ctx context.Context, nodeID string, spaces []string, epochs []int64) error
 }

@@ -258,7 +258,7 @@ func (s *spaceActor) submit(tc *turnCall) {
 	s.work++
 	store, spaceID, sessionID := s.m.store, s.space.ID, tc.sessionID
 	timeout := s.m.opts.WriteTimeout
-	s.a.Go(func(ctx context.Context) any {
+	s.task(func(ctx context.Context) any {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		l, found, err := store.CompletedTurnByKey(ctx, spaceID, sessionID, key)
@@ -374,7 +374,7 @@ func (s *spaceActor) startTurn(n *node, r *turnRun) {
 	}
 	engine, timeout := s.m.engine, s.m.opts.TurnTimeout
 	m := s.m
-	s.a.Go(func(ctx context.Context) any {
+	s.task(func(ctx context.Context) any {
 		ctx, cancelTurn := context.WithTimeout(ctx, timeout)
 		defer cancelTurn()
 		stop := context.AfterFunc(cctx, cancelTurn)
@@ -453,7 +453,7 @@ func (s *spaceActor) logTurn(l session.TurnLog) {
 	s.recent[l.ID] = l
 	s.work++
 	store, timeout, log := s.m.store, s.m.opts.WriteTimeout, s.m.log
-	s.a.Go(func(ctx context.Context) any {
+	s.task(func(ctx context.Context) any {
 		// Not cut short by the actor stopping: the row is part of the answer.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		defer cancel()

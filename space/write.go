@@ -66,7 +66,7 @@ func (s *spaceActor) nextWrite() {
 		}
 		s.writing = true
 		timeout := s.m.opts.WriteTimeout
-		s.a.Go(func(ctx context.Context) any {
+		s.task(func(ctx context.Context) any {
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			v, err := commit(ctx)

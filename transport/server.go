@@ -57,6 +57,9 @@ type Options struct {
 	// SeparateAdmin leaves /metrics and /debug/pprof off Handler: they are
 	// served by AdminHandler only, for a listener of their own.
 	SeparateAdmin bool
+	// Forward, when set, sends requests for spaces owned by another
+	// process to that process (see space.Cluster).
+	Forward *ForwardOptions
 }
 
 // Pinger checks that the database answers, for /readyz.
@@ -75,15 +78,17 @@ type Server struct {
 	registry *prometheus.Registry
 	router   chi.Router
 
-	conns    *xsync.MapOf[*wsConn, struct{}]
-	closing  atomic.Bool
-	aborting chan struct{} // closed by Abort: streams end with an error event
-	abortMu  sync.Once
-	wsActive prometheus.Gauge
-	wsTotal  prometheus.Counter
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-	hub      *pingHub
+	conns     *xsync.MapOf[*wsConn, struct{}]
+	closing   atomic.Bool
+	aborting  chan struct{} // closed by Abort: streams end with an error event
+	abortMu   sync.Once
+	wsActive  prometheus.Gauge
+	wsTotal   prometheus.Counter
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	forwarded *prometheus.CounterVec
+	hub       *pingHub
+	fwd       *forwarder
 }
 
 // New builds the server. registry receives Stello's metrics and is served on
@@ -131,6 +136,13 @@ func New(opts Options, spaces *space.Manager, keys KeyStore, db Pinger, log *zap
 	_ = registry.Register(s.wsTotal)
 	_ = registry.Register(s.requests)
 	_ = registry.Register(s.latency)
+	s.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stello_forwarded_requests_total",
+		Help: "Requests forwarded to the process that owns their space: sent, retried (after the owner could not be reached or no longer owned the space), failed."},
+		[]string{"outcome"})
+	_ = registry.Register(s.forwarded)
+	if opts.Forward != nil {
+		s.fwd = newForwarder(s, *opts.Forward)
+	}
 	s.hub = newPingHub(s)
 	s.router = s.routes()
 	s.watchKeys(keys)
@@ -227,6 +239,9 @@ func (s *Server) routes() chi.Router {
 		r.Post("/", s.createSpace)
 		r.Get("/", s.listSpaces)
 		r.Route("/{spaceId}", func(r chi.Router) {
+			if s.fwd != nil {
+				r.Use(s.fwd.middleware)
+			}
 			r.Get("/", s.getSpace)
 			r.Patch("/", s.patchSpace)
 			r.Delete("/", s.deleteSpace)

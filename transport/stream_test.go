@@ -129,7 +129,7 @@ func TestDatabaseUnreachableIs503(t *testing.T) {
 	pool, err := pgxpool.New(context.Background(), "postgres://stello@127.0.0.1:1/stello?sslmode=disable&connect_timeout=2")
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	st := testutil.NewStack(t, testutil.StackOptions{Store: pgstore.New(pool)})
+	st := testutil.NewStack(t, testutil.StackOptions{Store: pgstore.New(pool), NoCluster: true})
 	c := restClient{t: t, base: st.URL, key: "sk_stello_whatever"}
 	restErr(t, c.do("GET", "/spaces", nil), http.StatusServiceUnavailable, "UNAVAILABLE")
 	restErr(t, c.do("GET", "/readyz", nil), http.StatusServiceUnavailable, "UNAVAILABLE")

@@ -1,5 +1,5 @@
 // Command stello runs the Stello server and its tools: serve, migrate,
-// users, keys, mockllm and bench.
+// users, keys, cluster, mockllm and bench.
 package main
 
 import (
@@ -24,6 +24,7 @@ Usage:
   stello users list [--json]                 list users (never keys)
   stello keys revoke --user ID               revoke every key of a user
   stello keys rotate --user ID [--json]      revoke a user's keys and print a new one
+  stello cluster status [--json]             the processes sharing the database and the spaces each owns
   stello mockllm --addr ADDR [flags]         run an OpenAI-compatible mock model server
   stello bench [flags]                       run the load harness
 
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdUsers(ctx, rest, stdout, stderr)
 	case "keys":
 		return cmdKeys(ctx, rest, stdout, stderr)
+	case "cluster":
+		return cmdCluster(ctx, rest, stdout, stderr)
 	case "mockllm":
 		return cmdMockLLM(ctx, rest, stdout, stderr)
 	case "bench":

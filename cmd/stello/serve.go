@@ -41,6 +41,8 @@ type serveConfig struct {
 	pprof           bool
 	logLevel        string
 	logFormat       string
+	advertiseURL    string
+	leaseTTL        time.Duration
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
@@ -64,6 +66,8 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.keyLookupRate, "key-lookup-rate", 200, "database lookups per second (bursts of twice that) for API keys not in the cache; over it such requests get 503 UNAVAILABLE")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for in-flight requests")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve runtime profiles on /debug/pprof/ of --addr (with --admin-addr they are always on the admin listener instead)")
+	fs.StringVar(&c.advertiseURL, "advertise-url", "", "how the other processes sharing the database reach this one to forward requests for the spaces it owns (default: http:// + the bound --addr)")
+	fs.DurationVar(&c.leaseTTL, "lease-ttl", 10*time.Second, "how long this process's heartbeat vouches for the spaces it owns; after it dies, they move to other processes within this time")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.logFormat, "log-format", "console", "log format: json or console")
 }
@@ -102,6 +106,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer func() { _ = log.Sync() }()
 
+	if c.leaseTTL <= 0 {
+		return &usageError{"--lease-ttl must be positive"}
+	}
 	client, err := c.llm.client(log)
 	if err != nil {
 		return err
@@ -111,6 +118,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log.Info("database", zap.String("database", db.desc))
+
 	stopDB := func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
@@ -201,6 +209,8 @@ func (c *serveConfig) config(db *database, client llm.Client, log *zap.Logger) s
 		KeyLookupRate:     c.keyLookupRate,
 		Pprof:             c.pprof,
 		SeparateAdmin:     c.adminAddr != "",
+		AdvertiseURL:      c.advertiseURL,
+		LeaseTTL:          c.leaseTTL,
 		Logger:            log,
 	}
 }

@@ -77,6 +77,8 @@ func Classify(err error) *Error {
 		return New(http.StatusBadGateway, "LLM_ERROR", err.Error())
 	case errors.Is(err, session.ErrToolLimit):
 		return New(http.StatusBadGateway, "LLM_ERROR", err.Error()+"; nothing was persisted")
+	case errors.Is(err, session.ErrLeaseLost):
+		return New(http.StatusServiceUnavailable, "UNAVAILABLE", "the space moved to another process; retry")
 	case errors.Is(err, ErrSpaceSetup):
 		return New(http.StatusServiceUnavailable, "UNAVAILABLE", "the space could not be set up by the server; retry later")
 	case errors.Is(err, ErrUnavailable):
