@@ -100,7 +100,7 @@ func (m *Manager) Route(ctx context.Context, spaceID string, refresh bool) (Rout
 func (m *Manager) ForgetOwner(nodeID string, spaces []string) {
 	drop := func(id string) {
 		m.routes.Compute(id, func(old route, loaded bool) (route, bool) {
-			return old, !loaded || old.local || old.owner.NodeID != nodeID
+			return old, !loaded || (!old.local && old.owner.NodeID == nodeID)
 		})
 	}
 	if len(spaces) > 0 {
@@ -180,7 +180,7 @@ func (m *Manager) loaded(spaceID string, err error) {
 // at once, nor when the lease was lost or the space deleted).
 func (m *Manager) unloaded(spaceID string, l session.Lease, release bool) {
 	m.routes.Compute(spaceID, func(old route, loaded bool) (route, bool) {
-		return old, !loaded || !old.local
+		return old, !loaded || old.local // keep a remote entry
 	})
 	if !release {
 		return
@@ -219,7 +219,7 @@ func (m *Manager) releaseLoop() {
 			m.routes.Range(func(id string, r route) bool {
 				if !r.local && now.After(r.expires) {
 					m.routes.Compute(id, func(old route, loaded bool) (route, bool) {
-						return old, !loaded || old.local || !now.After(old.expires)
+						return old, !loaded || (!old.local && now.After(old.expires))
 					})
 				}
 				return true
