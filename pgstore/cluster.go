@@ -47,6 +47,10 @@ func (s *Store) RegisterNode(ctx context.Context, id, advertiseURL string, lease
 	_, err := s.pool.Exec(ctx, `INSERT INTO nodes (id, advertise_url, lease_ttl) VALUES ($1, $2, $3::bigint * interval '1 millisecond')
 		ON CONFLICT (id) DO UPDATE SET advertise_url = EXCLUDED.advertise_url, lease_ttl = EXCLUDED.lease_ttl, heartbeat_at = now()`,
 		id, advertiseURL, leaseTTL.Milliseconds())
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
+		return fmt.Errorf("register node: the database schema is not migrated (run `stello migrate`): %w", err)
+	}
 	return wrap(ctx, "register node", err)
 }
 
