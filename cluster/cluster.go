@@ -134,18 +134,47 @@ func (m *Membership) Alive() bool {
 	return since < m.opts.LeaseTTL-m.opts.LeaseTTL/10
 }
 
+// PruneAfter is how long a dead process stays in the membership table
+// (shown dead by `stello cluster status`) before a live one deletes it.
+const PruneAfter = time.Hour
+
+// pruneEvery is how many heartbeats apart the pruning runs.
+const pruneEvery = 300
+
 func (m *Membership) beatLoop(ctx context.Context) {
 	defer m.wg.Done()
 	period := m.opts.LeaseTTL / 3
 	t := time.NewTicker(period)
 	defer t.Stop()
-	for {
+	for n := 0; ; n++ {
+		if n%pruneEvery == 0 {
+			m.prune(ctx, period)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 		m.beat(ctx, period)
+	}
+}
+
+// prune deletes processes dead for longer than PruneAfter (and so their
+// leases, which are free anyway).
+func (m *Membership) prune(ctx context.Context, timeout time.Duration) {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = m.opts.Guard.Caught("cluster.prune", v)
+		}
+	}()
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	n, err := m.store.PruneNodes(pctx, max(PruneAfter, 100*m.opts.LeaseTTL))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		m.log.Warn("prune dead processes", zap.Error(err))
+	case n > 0:
+		m.log.Info("pruned dead processes", zap.Int64("processes", n))
 	}
 }
 
