@@ -260,10 +260,19 @@ func TestClusterEvictionHandsTheLeaseBack(t *testing.T) {
 	require.True(t, p.a.Spaces.Evict(sp.ID))
 	require.Eventually(t, func() bool { return p.owner(t, sp.ID) == "" }, 10*time.Second, 10*time.Millisecond,
 		"the evicted space's lease is handed back")
+	// B hears of the hand-back and stops routing the space to A: its
+	// next look-up takes the free lease (until then it still routes to A,
+	// which would take the space again itself; both are correct).
+	require.Eventually(t, func() bool {
+		rt, err := p.b.Spaces.Route(ctx, sp.ID, false)
+		require.NoError(t, err)
+		return rt.Local
+	}, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, p.b.Member.NodeID(), p.owner(t, sp.ID))
 	_, err = p.cb.Session(ctx, sp.ID, root)
 	require.NoError(t, err)
-	assert.Equal(t, p.b.Member.NodeID(), p.owner(t, sp.ID))
 	assert.Equal(t, 1, p.b.Spaces.Len())
+	assert.Equal(t, 0, p.a.Spaces.Len())
 }
 
 // TestClusterFencedOwnerCannotCommitAfterTakeover: an owner presumed dead

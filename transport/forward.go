@@ -44,6 +44,9 @@ type ForwardOptions struct {
 	// cannot be reached to be handed over (default 2s); then it answers
 	// 503 UNAVAILABLE.
 	OwnerWait time.Duration
+	// ResponseTimeout bounds the wait for the owner's response headers
+	// (default 10m: a non-streamed turn answers when it is done).
+	ResponseTimeout time.Duration
 }
 
 // forwarder sends requests to a space's owner with httputil.ReverseProxy:
@@ -65,8 +68,12 @@ type hopKey struct{}
 var errMisdirected = errors.New("the process forwarded to does not own the space")
 
 func newForwarder(s *Server, o ForwardOptions) *forwarder {
+	if o.ResponseTimeout <= 0 {
+		o.ResponseTimeout = 10 * time.Minute
+	}
 	if o.Transport == nil {
 		o.Transport = &http.Transport{
+			ResponseHeaderTimeout: o.ResponseTimeout,
 			Proxy:                 nil,
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConns:          1024,
@@ -151,7 +158,11 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, next http.Ha
 		t := &hopTarget{owner: u}
 		req := r.WithContext(context.WithValue(r.Context(), hopKey{}, t))
 		if body != nil {
-			req.Body = io.NopCloser(bytes.NewReader(body))
+			// GetBody lets the transport send the request again on a
+			// fresh connection when a pooled one turns out closed
+			// before the request was written.
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+			req.Body, _ = req.GetBody()
 			req.ContentLength = int64(len(body))
 		}
 		f.s.forwarded.WithLabelValues("sent").Inc()
