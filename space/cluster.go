@@ -70,11 +70,12 @@ func (m *Manager) Route(ctx context.Context, spaceID string, refresh bool) (Rout
 	if err := checkSpaceID(spaceID); err != nil {
 		return Route{}, err
 	}
-	if !c.Alive() {
-		return Route{}, fmt.Errorf("%w: this process has lost contact with the database", ErrUnavailable)
-	}
 	if r, ok := m.routes.Load(spaceID); ok {
 		if r.local {
+			if !c.Alive() {
+				// Its lease may be another process's by now.
+				return Route{}, fmt.Errorf("%w: this process has lost contact with the database", ErrUnavailable)
+			}
 			return Route{Local: true}, nil
 		}
 		if !refresh && time.Now().Before(r.expires) {
