@@ -365,8 +365,13 @@ func (s *Server) serve(ln net.Listener, h http.Handler, name string, list *[]*ht
 	if advertise {
 		// Other processes forward requests here from now on.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := s.member.SetAdvertiseURL(ctx, "http://"+ln.Addr().String())
+		addr := ln.Addr().String()
+		err := s.member.SetAdvertiseURL(ctx, "http://"+addr)
 		cancel()
+		if ta, ok := ln.Addr().(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
+			s.log.Warn("listening on every interface: other processes reach this one at the advertise URL "+
+				"http://"+addr+", which works on this machine only; set AdvertiseURL (--advertise-url) for processes on other machines")
+		}
 		if err != nil {
 			_ = ln.Close()
 			return err
