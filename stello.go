@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -165,8 +166,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	closed  bool
-	servers []*http.Server
-	admins  []*http.Server
+	servers []*listened
+	admins  []*listened
 
 	closeOnce sync.Once
 	closeErr  error
@@ -350,16 +351,62 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 	return s.serve(ln, s.AdminHandler(), "admin", &s.admins)
 }
 
-func (s *Server) serve(ln net.Listener, h http.Handler, name string, list *[]*http.Server) error {
+// listened is one listener served by an http.Server, with the connections
+// it accepted whose first request has not been read yet.
+type listened struct {
+	srv      *http.Server
+	ln       net.Listener
+	mu       sync.Mutex
+	fresh    map[net.Conn]struct{}
+	stopping atomic.Bool
+}
+
+func (l *listened) connState(c net.Conn, st http.ConnState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st == http.StateNew {
+		l.fresh[c] = struct{}{}
+	} else {
+		delete(l.fresh, c)
+	}
+}
+
+func (l *listened) freshConns() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.fresh)
+}
+
+// freshWait bounds how long a shutdown waits for connections accepted
+// just before it to send their first request.
+const freshWait = 2 * time.Second
+
+// stopAccepting closes the listener (new connections are refused, which a
+// client or load balancer may retry elsewhere) and waits, up to freshWait,
+// until every connection accepted before has had its first request read:
+// http.Server.Shutdown would drop a request read after it began, without
+// an answer, leaving its client unable to tell whether it ran.
+func (l *listened) stopAccepting(ctx context.Context) {
+	l.stopping.Store(true)
+	_ = l.ln.Close()
+	deadline := time.Now().Add(freshWait)
+	for l.freshConns() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (s *Server) serve(ln net.Listener, h http.Handler, name string, list *[]*listened) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: zap.NewStdLog(s.log.Named(name))}
+	l := &listened{srv: srv, ln: ln, fresh: map[net.Conn]struct{}{}}
+	srv.ConnState = l.connState
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		_ = ln.Close()
 		return http.ErrServerClosed
 	}
-	*list = append(*list, srv)
+	*list = append(*list, l)
 	advertise := name == "http" && s.member.AdvertiseURL() == ""
 	s.mu.Unlock()
 	if advertise {
@@ -367,17 +414,26 @@ func (s *Server) serve(ln net.Listener, h http.Handler, name string, list *[]*ht
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		addr := ln.Addr().String()
 		err := s.member.SetAdvertiseURL(ctx, "http://"+addr)
-		cancel()
 		if ta, ok := ln.Addr().(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
-			s.log.Warn("listening on every interface: other processes reach this one at the advertise URL "+
-				"http://"+addr+", which works on this machine only; set AdvertiseURL (--advertise-url) for processes on other machines")
+			s.log.Warn("listening on every interface: other processes reach this one at the advertise URL " +
+				"http://" + addr + ", which works on this machine only; set AdvertiseURL (--advertise-url) for processes on other machines")
+		} else if err == nil {
+			// This process holds the address now: a process registered at
+			// it before (killed, then restarted here) is gone, and its
+			// spaces need not wait for its heartbeat to lapse.
+			err = s.member.ReplacePredecessors(ctx)
 		}
+		cancel()
 		if err != nil {
 			_ = ln.Close()
 			return err
 		}
 	}
-	return srv.Serve(ln)
+	err := srv.Serve(ln)
+	if l.stopping.Load() {
+		return http.ErrServerClosed // Close closed the listener first
+	}
+	return err
 }
 
 // Close shuts the server down gracefully: WebSockets are closed with 1001
@@ -404,7 +460,7 @@ func (s *Server) close(ctx context.Context) error {
 	s.front.Close() // WebSockets get 1001; /readyz answers 503
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
-	for _, srv := range servers {
+	for _, l := range servers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -413,6 +469,8 @@ func (s *Server) close(ctx context.Context) error {
 					s.log.Error("shutdown panicked", zap.Any("panic", v), zap.Stack("stack"))
 				}
 			}()
+			srv := l.srv
+			l.stopAccepting(ctx)
 			if err := srv.Shutdown(ctx); err != nil {
 				s.log.Warn("in-flight requests did not finish in time", zap.Error(err))
 				errMu.Lock()
@@ -441,9 +499,9 @@ func (s *Server) close(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	cancel()
-	for _, srv := range admins {
-		if err := srv.Shutdown(ctx); err != nil {
-			_ = srv.Close()
+	for _, l := range admins {
+		if err := l.srv.Shutdown(ctx); err != nil {
+			_ = l.srv.Close()
 		}
 	}
 	s.closeDB()

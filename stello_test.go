@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
@@ -24,10 +25,12 @@ import (
 
 	"github.com/stellohq/stello"
 	"github.com/stellohq/stello/bench/mockllm"
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/openai"
+	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/pgstore/pgtest"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
@@ -532,4 +535,55 @@ func TestBuildSpaceToolHidesOneOfTheSameName(t *testing.T) {
 	reqs := mock.Requests()
 	require.NotEmpty(t, reqs)
 	assert.ElementsMatch(t, []string{"shared_name", session.CreateSessionToolName}, reqs[0].Tools, "offered once")
+}
+
+// TestRestartOnTheSameAddressTakesOverAtOnce: a process that starts on
+// the address where a predecessor served (killed, its heartbeat still
+// fresh) takes that predecessor's spaces at once instead of answering
+// 503 until the predecessor's lease lapses.
+func TestRestartOnTheSameAddressTakesOverAtOnce(t *testing.T) {
+	url := testutil.MigratedURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := pgstore.Open(ctx, url, pgstore.PoolOptions{MaxConns: 2})
+	require.NoError(t, err)
+	defer st.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := "http://" + ln.Addr().String()
+	u, key, err := st.CreateUser(ctx, "alice")
+	require.NoError(t, err)
+	sp, root, err := st.CreateSpace(ctx, u.ID, session.SpaceInput{Label: "kept"})
+	require.NoError(t, err)
+	predecessor := uuid.NewString()
+	require.NoError(t, st.RegisterNode(ctx, predecessor, addr, time.Hour))
+	_, owner, err := st.AcquireSpace(ctx, sp.ID, predecessor)
+	require.NoError(t, err)
+	require.Nil(t, owner)
+	elsewhere := uuid.NewString() // another live process, at another address
+	require.NoError(t, st.RegisterNode(ctx, elsewhere, "http://127.0.0.1:1", time.Hour))
+
+	srv, err := stello.New(ctx, stello.Config{DatabaseURL: url})
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		require.NoError(t, srv.Close(context.Background()))
+		require.ErrorIs(t, <-served, http.ErrServerClosed)
+	}()
+	c := client.New(addr, key)
+	require.Eventually(t, func() bool { return c.Health(ctx) == nil }, 10*time.Second, 10*time.Millisecond)
+	meta, err := c.Session(ctx, sp.ID, root.Meta.ID)
+	require.NoError(t, err, "served at once by the process now at the address")
+	assert.Equal(t, "kept", meta.Label)
+	var node string
+	require.NoError(t, st.Pool().QueryRow(ctx, "SELECT node_id::text FROM space_leases WHERE space_id = $1", sp.ID).Scan(&node))
+	assert.Equal(t, srv.NodeID(), node)
+	nodes, err := st.Nodes(ctx)
+	require.NoError(t, err)
+	ids := []string{}
+	for _, n := range nodes {
+		ids = append(ids, n.ID)
+	}
+	assert.ElementsMatch(t, []string{srv.NodeID(), elsewhere}, ids, "only the predecessor at this address was replaced")
 }

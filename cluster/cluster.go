@@ -126,6 +126,20 @@ func (m *Membership) SetAdvertiseURL(ctx context.Context, url string) error {
 	return nil
 }
 
+// ReplacePredecessors removes the processes that were registered at this
+// process's advertise URL before it (see pgstore.ReplaceNodesAt): call it
+// only once this process holds the address (its listener is bound there).
+func (m *Membership) ReplacePredecessors(ctx context.Context) error {
+	n, err := m.store.ReplaceNodesAt(ctx, m.opts.NodeID, m.AdvertiseURL())
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		m.log.Info("took over from the previous process at this address", zap.Int("processes", n))
+	}
+	return nil
+}
+
 // Alive reports whether this process's last heartbeat is recent enough
 // that the database still counts it alive, so its leases are its own. A
 // tenth of the TTL is kept as a margin for the heartbeat's own travel.
@@ -195,9 +209,18 @@ func (m *Membership) beat(ctx context.Context, timeout time.Duration) {
 	}
 	cancel()
 	if err == nil {
-		if m.lost.Swap(false) {
+		if !m.Alive() && !m.lost.Load() {
+			// The process was paused (or the heartbeat slow) past the TTL
+			// without a failure to notice it: others may own its spaces
+			// by now, so its memory of them cannot be trusted.
+			m.log.Warn("heartbeat renewed after more than the lease TTL: stopping every space actor")
+			if m.opts.OnLost != nil {
+				m.opts.OnLost()
+			}
+		} else if m.lost.Load() {
 			m.log.Info("heartbeat renewed; spaces are activated again on demand")
 		}
+		m.lost.Store(false)
 		m.lastBeat.Store(int64(sent.Sub(m.start)))
 		return
 	}

@@ -54,6 +54,20 @@ func (s *Store) RegisterNode(ctx context.Context, id, advertiseURL string, lease
 	return wrap(ctx, "register node", err)
 }
 
+// ReplaceNodesAt deletes the other processes registered at advertiseURL,
+// with their leases, and announces it: the caller has just bound the
+// address they advertised, so they are gone (a process restarted on the
+// same address takes its predecessor's spaces at once instead of waiting
+// for its heartbeat to lapse). It returns how many it replaced.
+func (s *Store) ReplaceNodesAt(ctx context.Context, id, advertiseURL string) (int, error) {
+	var n int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `WITH gone AS (DELETE FROM nodes WHERE advertise_url = $2 AND id <> $1 RETURNING id)
+			SELECT count(pg_notify($3, 'node ' || id::text))::int FROM gone`, id, advertiseURL, LeaseChannel).Scan(&n)
+	})
+	return n, wrap(ctx, "replace processes at "+advertiseURL, err)
+}
+
 // Heartbeat renews this process's heartbeat: one statement, however many
 // spaces it owns. It reports false when the node is not registered (a
 // process presumed dead for long was pruned): the caller registers again.

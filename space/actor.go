@@ -274,6 +274,9 @@ func (s *spaceActor) Stopped(err error) {
 			n.queue = nil
 		}
 	}
+	if errors.Is(err, session.ErrLeaseLost) {
+		s.closeConns(1001, "the space moved to another process; reconnect")
+	}
 	s.conns = nil
 	s.subs = nil
 }

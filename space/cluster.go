@@ -122,6 +122,14 @@ func (m *Manager) ForgetOwner(nodeID string, spaces []string) {
 // its leases (its heartbeat went stale), so another may own them now. The
 // next request activates each space again, taking its lease anew.
 func (m *Manager) LoseLeases() {
+	// No request is routed here any more, then every actor stops (and
+	// closes its WebSockets with 1001: clients reconnect to the owner).
+	m.routes.Range(func(id string, r route) bool {
+		if r.local {
+			m.routes.Compute(id, func(old route, loaded bool) (route, bool) { return old, !loaded || old.local })
+		}
+		return true
+	})
 	m.sys.StopAll(fmt.Errorf("%w: %w", ErrUnavailable, session.ErrLeaseLost))
 }
 
@@ -145,7 +153,6 @@ func (s *spaceActor) checkLease(err error) {
 	}
 	s.logger().Warn("the space's lease was taken over by another process; stopping its actor")
 	s.lost = true
-	s.closeConns(1001, "the space moved to another process; reconnect")
 	s.a.StopSelf(fmt.Errorf("%w: %w", ErrUnavailable, session.ErrLeaseLost))
 }
 

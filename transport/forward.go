@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.uber.org/zap"
 
+	"github.com/stellohq/stello/internal/apierr"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
 )
@@ -129,7 +130,7 @@ func (f *forwarder) middleware(next http.Handler) http.Handler {
 		if hopped {
 			// Never forwarded twice: the forwarding process looks again.
 			w.Header().Set(misdirectedHeader, "1")
-			f.s.writeError(w, r, fmt.Errorf("%w: %w", space.ErrUnavailable, &space.NotOwnerError{Owner: rt.Owner}))
+			f.s.writeError(w, r, fmt.Errorf("%w: %w", apierr.ErrOwnerUnreachable, &space.NotOwnerError{Owner: rt.Owner}))
 			return
 		}
 		f.forward(w, r, next, spaceID, rt.Owner)
@@ -151,7 +152,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, next http.Ha
 	for attempt := 0; ; attempt++ {
 		u, err := url.Parse(owner.URL)
 		if err != nil || u.Host == "" {
-			err = fmt.Errorf("%w: the owner of space %s advertises no usable address %q", space.ErrUnavailable, spaceID, owner.URL)
+			err = fmt.Errorf("%w: it advertises no usable address %q", apierr.ErrOwnerUnreachable, owner.URL)
 			f.s.writeError(w, r, err)
 			return
 		}
@@ -177,7 +178,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, next http.Ha
 		if !retry || attempt > 0 {
 			f.s.forwarded.WithLabelValues("failed").Inc()
 			w.Header().Set("Retry-After", "1")
-			f.s.writeError(w, r, fmt.Errorf("%w: the process that owns the space could not be reached: %w", space.ErrUnavailable, t.err))
+			f.s.writeError(w, r, fmt.Errorf("%w: %w", apierr.ErrOwnerUnreachable, t.err))
 			return
 		}
 		f.s.forwarded.WithLabelValues("retried").Inc()
@@ -213,8 +214,7 @@ func (f *forwarder) lookAgain(ctx context.Context, spaceID, unreachable string) 
 			return rt, err
 		}
 		if time.Now().After(deadline) {
-			return space.Route{}, fmt.Errorf("%w: the process that owns the space does not answer; it moves within the lease TTL of that process's death",
-				space.ErrUnavailable)
+			return space.Route{}, fmt.Errorf("%w: it does not answer yet", apierr.ErrOwnerUnreachable)
 		}
 		select {
 		case <-ctx.Done():

@@ -30,6 +30,11 @@ func New(status int, code, msg string) *Error {
 // its callers, or the database is unreachable: 503 UNAVAILABLE.
 var ErrUnavailable = errors.New("unavailable")
 
+// ErrOwnerUnreachable means the process that owns a space could not be
+// reached, or no longer owns it: 503 UNAVAILABLE, retryable (the space
+// moves within the owner's lease TTL).
+var ErrOwnerUnreachable = errors.New("the process that owns the space cannot be reached")
+
 // ErrSpaceSetup means an embedding program's build hook failed for a
 // space: 503 UNAVAILABLE, retried by the next request.
 var ErrSpaceSetup = errors.New("space setup failed")
@@ -77,6 +82,9 @@ func Classify(err error) *Error {
 		return New(http.StatusBadGateway, "LLM_ERROR", err.Error())
 	case errors.Is(err, session.ErrToolLimit):
 		return New(http.StatusBadGateway, "LLM_ERROR", err.Error()+"; nothing was persisted")
+	case errors.Is(err, ErrOwnerUnreachable):
+		return New(http.StatusServiceUnavailable, "UNAVAILABLE",
+			"the process that owns this space cannot be reached; the space moves to another process within its lease TTL: retry")
 	case errors.Is(err, session.ErrLeaseLost):
 		return New(http.StatusServiceUnavailable, "UNAVAILABLE", "the space moved to another process; retry")
 	case errors.Is(err, ErrSpaceSetup):
