@@ -213,6 +213,23 @@ func chaosCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), chaosDeadline)
 }
 
+// untilServed makes call, again while it is answered 503 UNAVAILABLE, for
+// at most a minute. A killed process keeps its spaces' leases until its
+// heartbeat is older than its --lease-ttl (10s), and until then the
+// restarted process answers UNAVAILABLE for them (docs/operations.md).
+func untilServed(call func(context.Context) error) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ctx, cancel := chaosCtx()
+		err := call(ctx)
+		cancel()
+		if !errors.Is(err, client.ErrUnavailable) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // chaosAllowed are the error answers a turn may get while the server or its
 // database is in trouble: documented codes that say "not done, retry".
 var chaosAllowed = map[string]bool{"UNAVAILABLE": true, "TIMEOUT": true, "BUSY": true}
@@ -412,15 +429,18 @@ func checkStored(t *testing.T, w *chaosWorld, base string) {
 	users := map[string]int{}
 	where := map[string][2]string{}
 	for _, at := range w.sessions {
-		ctx, cancel := chaosCtx()
-		recs, err := c.Messages(ctx, at[0], at[1], 0, 0)
-		if err != nil {
-			cancel()
+		var recs []client.Message
+		if err := untilServed(func(ctx context.Context) (err error) {
+			recs, err = c.Messages(ctx, at[0], at[1], 0, 0)
+			return err
+		}); err != nil {
 			t.Fatalf("messages of %s: %v", at[1], err)
 		}
-		meta, err := c.Session(ctx, at[0], at[1])
-		cancel()
-		if err != nil {
+		var meta *client.SessionMeta
+		if err := untilServed(func(ctx context.Context) (err error) {
+			meta, err = c.Session(ctx, at[0], at[1])
+			return err
+		}); err != nil {
 			t.Fatalf("session %s: %v", at[1], err)
 		}
 		nUser := 0
@@ -469,10 +489,10 @@ func turnEverywhere(t *testing.T, w *chaosWorld, base, input string) {
 	t.Helper()
 	c := chaosClient(base, w.key)
 	for _, at := range w.sessions {
-		ctx, cancel := chaosCtx()
-		_, err := c.Turn(ctx, at[0], at[1], input)
-		cancel()
-		if err != nil {
+		if err := untilServed(func(ctx context.Context) error {
+			_, err := c.Turn(ctx, at[0], at[1], input)
+			return err
+		}); err != nil {
 			t.Fatalf("turn on %s %q: %v", at[1], input, err)
 		}
 	}
