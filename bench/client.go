@@ -1,100 +1,111 @@
 package bench
 
 import (
-	"bytes"
+	"bufio"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/stellohq/stello/client"
 )
 
-// api is a minimal client of the public REST API.
-type api struct {
-	base string
-	key  string
-	http *http.Client
-}
-
-func newAPI(base, key string, conns int) *api {
+// newClient returns a client of the server at base for about conns
+// concurrent callers. Its transport keeps twice that many idle
+// connections (net/http keeps 2 per host by default: the other callers
+// would open and close a connection per request), every request and
+// stream is bounded by 5 minutes, and WebSockets use small buffers (the
+// connections scenario opens 10,000 of them). Streams never resume by
+// themselves: a dropped stream is an error in every scenario, and the
+// resume scenario drops and resumes its streams itself.
+func newClient(base, key string, conns int) *client.Client {
 	tr := &http.Transport{MaxIdleConns: conns * 2, MaxIdleConnsPerHost: conns * 2, IdleConnTimeout: 90 * time.Second}
-	return &api{base: strings.TrimRight(base, "/"), key: key, http: &http.Client{Transport: tr, Timeout: 5 * time.Minute}}
-}
-
-// apiError is a non-2xx answer.
-type apiError struct {
-	Status int
-	Code   string
-	Msg    string
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("HTTP %d %s: %s", e.Status, e.Code, e.Msg) }
-
-func (a *api) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("X-API-Key", a.key)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := a.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-			Code  string `json:"code"`
-		}
-		_ = json.Unmarshal(b, &e)
-		return &apiError{Status: resp.StatusCode, Code: e.Code, Msg: e.Error}
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
-}
-
-type idOnly struct {
-	ID string `json:"id"`
+	d := &websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
+	return client.New(base, key, client.WithHTTPClient(&http.Client{Transport: tr, Timeout: 5 * time.Minute}),
+		client.WithResume(0, 0), client.WithDialer(d))
 }
 
 // createSpace makes a space and returns its id and root session id.
-func (a *api) createSpace(ctx context.Context, label string) (string, string, error) {
-	var sp idOnly
-	if err := a.do(ctx, http.MethodPost, "/spaces", map[string]any{"label": label, "systemPrompt": "You are a load-test assistant."}, &sp); err != nil {
+func createSpace(ctx context.Context, c *client.Client, label string) (string, string, error) {
+	sp, err := c.CreateSpace(ctx, client.SpaceInput{Label: label, SystemPrompt: client.String("You are a load-test assistant.")})
+	if err != nil {
 		return "", "", err
 	}
-	var root idOnly
-	if err := a.do(ctx, http.MethodGet, "/spaces/"+sp.ID+"/sessions", nil, &root); err != nil {
+	root, err := c.Tree(ctx, sp.ID)
+	if err != nil {
 		return "", "", err
 	}
 	return sp.ID, root.ID, nil
 }
 
-func (a *api) fork(ctx context.Context, spaceID, parentID, label string) (string, error) {
-	var s idOnly
-	err := a.do(ctx, http.MethodPost, "/spaces/"+spaceID+"/sessions/"+parentID+"/fork", map[string]any{"label": label}, &s)
-	return s.ID, err
+// turn runs one REST turn.
+func turn(ctx context.Context, c *client.Client, s benchSession, input string) error {
+	_, err := c.Turn(ctx, s.space, s.session, input)
+	return err
 }
 
-func (a *api) turn(ctx context.Context, spaceID, sessionID, input string) error {
-	return a.do(ctx, http.MethodPost, "/spaces/"+spaceID+"/sessions/"+sessionID+"/turn", map[string]any{"input": input}, nil)
+// sseTurn runs one turn as an SSE stream and reads it to its end event.
+func sseTurn(ctx context.Context, c *client.Client, s benchSession, input string) error {
+	st, err := c.TurnStream(ctx, s.space, s.session, input)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for ev, err := range st.Events() {
+		if err != nil {
+			return err
+		}
+		if ev.Type == client.EventEnd {
+			return nil
+		}
+	}
+	return errors.New("sse stream ended without an end event")
+}
+
+// dialEnter opens a WebSocket to the session's space and enters the
+// session.
+func dialEnter(ctx context.Context, c *client.Client, s benchSession) (*client.Conn, error) {
+	conn, err := c.Dial(ctx, s.space)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	ectx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := conn.Enter(ectx, s.session); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("enter: %w", err)
+	}
+	return conn, nil
+}
+
+// closeAll closes the connections, 64 at a time (each close waits for the
+// server's close frame).
+func closeAll(cs []*client.Conn) {
+	_ = parallel(context.Background(), 64, len(cs), func(i int) error {
+		if cs[i] != nil {
+			_ = cs[i].Close()
+		}
+		return nil
+	})
+}
+
+// metric reads one unlabelled sample from /metrics.
+func metric(ctx context.Context, c *client.Client, name string) (float64, error) {
+	text, err := c.Metrics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("metric %s not found", name)
 }

@@ -1,13 +1,9 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -15,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stellohq/stello/bench/mockllm"
+	"github.com/stellohq/stello/client"
 )
 
 // cpuTime reads a process's user+system CPU time from /proc/<pid>/stat.
@@ -90,7 +87,7 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 	defer t.stop()
 	c := r.cfg
 	short, long := c.CPUSessions, c.CPULongSessions
-	a := newAPI(t.url, t.key, c.Clients)
+	a := newClient(t.url, t.key, c.Clients)
 	sess, err := setupSessions(ctx, a, c.Spaces, short)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
@@ -115,10 +112,10 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 			go func() {
 				var r res
 				defer func() { results <- r }()
-				var ws map[string]*wsClient
+				var ws map[string]*client.Conn
 				defer func() {
 					for _, c := range ws {
-						c.close()
+						_ = c.Close()
 					}
 				}()
 				for k := 0; k < n && ctx.Err() == nil; k++ {
@@ -126,14 +123,14 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 						var err error
 						switch mode {
 						case modeREST:
-							err = a.turn(ctx, set[i].space, set[i].session, "load test input")
+							err = turn(ctx, a, set[i], "load test input")
 						case modeSSE:
-							err = a.sseTurn(ctx, set[i].space, set[i].session, "load test input")
+							err = sseTurn(ctx, a, set[i], "load test input")
 						case modeWS:
 							if ws == nil {
-								ws = map[string]*wsClient{}
+								ws = map[string]*client.Conn{}
 							}
-							err = wsTurn(ctx, t, ws, set[i])
+							err = wsTurn(ctx, a, ws, set[i])
 						}
 						if err != nil {
 							r.bad++
@@ -251,67 +248,27 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 }
 
 // wsTurn runs one streamed turn over a WebSocket to the session's space,
-// kept open per space in conns.
-func wsTurn(ctx context.Context, t *target, conns map[string]*wsClient, s benchSession) error {
+// kept open per session in conns.
+func wsTurn(ctx context.Context, c *client.Client, conns map[string]*client.Conn, s benchSession) error {
 	w := conns[s.session]
 	if w == nil {
 		var err error
-		if w, err = dialWS(ctx, t.url, t.key, s.space); err != nil {
-			return err
-		}
-		if err := w.enter(s.session); err != nil {
-			w.close()
+		if w, err = dialEnter(ctx, c, s); err != nil {
 			return err
 		}
 		conns[s.session] = w
 	}
-	if err := w.send(map[string]any{"type": "session.stream", "input": "load test input", "id": "t"}); err != nil {
-		return err
-	}
-	for {
-		m, err := w.read(2 * time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for ev, err := range w.Stream(ctx, "load test input") {
 		if err != nil {
 			return err
 		}
-		if m.Type == "stream.end" {
+		if ev.Type == client.EventEnd {
 			return nil
 		}
 	}
-}
-
-// sseTurn runs one turn as an SSE stream and reads it to its end event.
-func (a *api) sseTurn(ctx context.Context, spaceID, sessionID, input string) error {
-	b, _ := json.Marshal(map[string]any{"input": input})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.base+"/spaces/"+spaceID+"/sessions/"+sessionID+"/turn", bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("X-API-Key", a.key)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := a.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return &apiError{Status: resp.StatusCode}
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		switch sc.Text() {
-		case "event: end":
-			return nil
-		case "event: error":
-			sc.Scan()
-			return fmt.Errorf("sse error: %s", sc.Text())
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	return errors.New("sse stream ended without an end event")
+	return errors.New("stream ended without stream.end")
 }
 
 // footprint measures a just-started server's idle RSS and how long 1,000
@@ -322,24 +279,23 @@ func (r *runner) footprint(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer t.stop()
+	a := newClient(t.url, t.key, 16)
 	time.Sleep(2 * time.Second)
 	idle, rssErr := rssKiB(t.pid)
 	anon, _ := statusKiB(t.pid, "RssAnon")
 	file, _ := statusKiB(t.pid, "RssFile")
-	heap, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
-	stack, _ := metric(ctx, t.url, "go_memstats_stack_inuse_bytes")
-	a := newAPI(t.url, t.key, 16)
+	heap, _ := metric(ctx, a, "go_memstats_heap_inuse_bytes")
+	stack, _ := metric(ctx, a, "go_memstats_stack_inuse_bytes")
 	// One request first so the connection pool and the user's key are warm
 	// in both the client and the server, as in a running deployment.
-	if _, _, err := a.createSpace(ctx, "warm"); err != nil {
+	if _, _, err := createSpace(ctx, a, "warm"); err != nil {
 		return nil, err
 	}
 	rec := newRecorder()
 	start := time.Now()
 	err = parallel(ctx, 16, 1000, func(i int) error {
 		st := time.Now()
-		var sp idOnly
-		if err := a.do(ctx, http.MethodPost, "/spaces", map[string]any{"label": fmt.Sprintf("fp %d", i)}, &sp); err != nil {
+		if _, err := a.CreateSpace(ctx, client.SpaceInput{Label: fmt.Sprintf("fp %d", i)}); err != nil {
 			rec.fail(err)
 			return err
 		}

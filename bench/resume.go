@@ -1,103 +1,44 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/stellohq/stello/bench/mockllm"
+	"github.com/stellohq/stello/client"
 )
-
-// sseEvent is one Server-Sent Event as a client dispatches it (at the blank
-// line that ends it).
-type sseEvent struct {
-	name, id, data string
-	// at is when the event's first line was read: its first byte reached
-	// the client.
-	at time.Time
-}
-
-// sseReader parses a stream of Server-Sent Events.
-type sseReader struct{ sc *bufio.Scanner }
-
-func newSSEReader(b *http.Response) *sseReader {
-	sc := bufio.NewScanner(b.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	return &sseReader{sc: sc}
-}
-
-// next returns the next complete event; a stream cut inside an event loses
-// that event, as an EventSource would.
-func (r *sseReader) next() (sseEvent, error) {
-	var ev sseEvent
-	started := false
-	for r.sc.Scan() {
-		line := r.sc.Text()
-		if !started {
-			if line == "" {
-				continue
-			}
-			started, ev.at = true, time.Now()
-		}
-		if line == "" {
-			if ev.name == "" {
-				ev.name = "message"
-			}
-			return ev, nil
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "event":
-			ev.name = value
-		case "id":
-			ev.id = value
-		case "data":
-			if ev.data != "" {
-				ev.data += "\n"
-			}
-			ev.data += value
-		}
-	}
-	if err := r.sc.Err(); err != nil {
-		return sseEvent{}, err
-	}
-	return sseEvent{}, errors.New("stream closed before an end event")
-}
 
 // resumeInput is the text a resume client sends: multi-byte characters
 // (accents, CJK, Greek, emoji outside the Basic Multilingual Plane), which
 // the model quotes in its reply, so offsets counted in code points differ
 // from bytes and from UTF-16 units.
-func resumeInput(client, round int) string {
-	return fmt.Sprintf("Reprise %d·%d: café ☕ 日本語の文章 naïve 🎉 Ελληνικά über straße", client, round)
+func resumeInput(n, round int) string {
+	return fmt.Sprintf("Reprise %d·%d: café ☕ 日本語の文章 naïve 🎉 Ελληνικά über straße", n, round)
 }
 
 // resumeOutcome is one resumed stream.
 type resumeOutcome struct {
 	equal       bool          // reassembled text equals the stored finalContent
-	offsetOK    bool          // event ids agree with the code points received
+	offsetOK    bool          // event offsets (their ids) agree with the code points received
 	afterEnd    bool          // the stream had ended before the drop point was reached
-	toFirstByte time.Duration // drop → first byte of the catch-up delta
-	toStart     time.Duration // drop → first byte of the resumed stream's start event
+	toFirstByte time.Duration // drop → the catch-up delta, as the client delivers it
+	toStart     time.Duration // drop → the resumed stream's start event, as the client delivers it
 	dropAt      int           // code point offset resumed from
 }
 
 // resumeOne runs one streamed turn, drops its connection after a random
-// number of delta events, resumes it from the last event id seen and checks
-// the reassembled text against the turn as stored.
-func (a *api) resumeOne(ctx context.Context, rng *rand.Rand, s benchSession, input string, expectDeltas int) (out resumeOutcome, err error) {
+// number of delta events, resumes it from the offset of the last delta
+// seen and checks the reassembled text against the turn as stored. The
+// client never resumes by itself (newClient): the drop and the resume are
+// this function's.
+func resumeOne(ctx context.Context, c *client.Client, rng *rand.Rand, s benchSession, input string, expectDeltas int) (out resumeOutcome, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("resume client panicked: %v", p)
@@ -105,162 +46,110 @@ func (a *api) resumeOne(ctx context.Context, rng *rand.Rand, s benchSession, inp
 	}()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	base := a.base + "/spaces/" + s.space + "/sessions/" + s.session
-	b, _ := json.Marshal(map[string]any{"input": input})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/turn", bytes.NewReader(b))
+	first, err := c.TurnStream(ctx, s.space, s.session, input)
 	if err != nil {
 		return out, err
 	}
-	req.Header.Set("X-API-Key", a.key)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := a.http.Do(req)
-	if err != nil {
-		return out, err
-	}
-	closed := false
-	defer func() {
-		if !closed {
-			resp.Body.Close()
-		}
-	}()
-	if resp.StatusCode != http.StatusOK {
-		return out, &apiError{Status: resp.StatusCode}
-	}
-	turnID := resp.Header.Get("Stello-Turn-Id")
+	defer first.Close()
+	turnID := first.TurnID()
 	if turnID == "" {
 		return out, errors.New("no Stello-Turn-Id header")
 	}
 	// Drop after keep deltas (0 … expectDeltas-2): once the next event has
-	// arrived, so text past the last id exists when the client reconnects and
-	// the catch-up is never empty; that next event is lost with the
-	// connection.
+	// arrived, so text past the last offset exists when the client
+	// reconnects and the catch-up is never empty; that next event is lost
+	// with the connection.
 	keep := 0
 	if expectDeltas > 1 {
 		keep = rng.IntN(expectDeltas - 1)
 	}
-	rd := newSSEReader(resp)
-	var text strings.Builder
-	var seen []sseEvent // deltas received, in order
-	lastID := ""
-	for {
-		ev, err := rd.next()
+	var seen []client.Event // deltas received, in order
+	cut := false
+	for ev, err := range first.Events() {
 		if err != nil {
 			return out, fmt.Errorf("first stream: %w", err)
 		}
-		switch ev.name {
-		case "start":
-			var st struct{ TurnID string }
-			if err := json.Unmarshal([]byte(ev.data), &st); err != nil || st.TurnID != turnID {
-				return out, fmt.Errorf("start event %q does not name turn %s", ev.data, turnID)
+		if ev.Type == client.EventStart {
+			if ev.TurnID != turnID {
+				return out, fmt.Errorf("start event names turn %q, not %s", ev.TurnID, turnID)
 			}
 			continue
-		case "error":
-			return out, fmt.Errorf("first stream: error event %s", ev.data)
-		case "delta":
-			if len(seen) < keep {
-				seen = append(seen, ev)
-				continue
-			}
-		case "end":
+		}
+		if ev.Type == client.EventDelta && len(seen) < keep {
+			seen = append(seen, ev)
+			continue
+		}
+		if ev.Type == client.EventEnd {
 			// The reply was shorter than expected: lose its last delta.
 			out.afterEnd = true
 			if len(seen) > 0 {
 				seen = seen[:len(seen)-1]
 			}
-		default:
-			continue
 		}
+		// Leaving the loop closes the connection: the drop.
+		cut = true
 		break
 	}
+	if !cut {
+		return out, errors.New("first stream: closed before an end event")
+	}
+	var text strings.Builder
+	from := 0 // the offset of the last delta kept: what Last-Event-ID carries
 	for _, ev := range seen {
-		var d struct{ Chunk string }
-		if err := json.Unmarshal([]byte(ev.data), &d); err != nil {
-			return out, fmt.Errorf("delta %q: %w", ev.data, err)
-		}
-		text.WriteString(d.Chunk)
-		lastID = ev.id
+		text.WriteString(ev.Chunk)
+		from = ev.Offset
 	}
-	out.offsetOK = lastID == "" || lastID == strconv.Itoa(utf8.RuneCountInString(text.String()))
 	out.dropAt = utf8.RuneCountInString(text.String())
+	out.offsetOK = from == out.dropAt
 
-	// The drop, then the resume as an EventSource does it: Last-Event-ID
-	// when an id was seen.
+	// The resume, as an EventSource does it: Last-Event-ID set to the last
+	// offset seen (0, the start, when none was).
 	dropped := time.Now()
-	resp.Body.Close()
-	closed = true
-	req2, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/turns/"+turnID+"/stream", nil)
-	if err != nil {
-		return out, err
-	}
-	req2.Header.Set("X-API-Key", a.key)
-	req2.Header.Set("Accept", "text/event-stream")
-	if lastID != "" {
-		req2.Header.Set("Last-Event-ID", lastID)
-	}
-	resp2, err := a.http.Do(req2)
+	again, err := c.ResumeStream(ctx, s.space, s.session, turnID, from)
 	if err != nil {
 		return out, fmt.Errorf("resume: %w", err)
 	}
-	defer resp2.Body.Close()
-	if resp2.StatusCode != http.StatusOK {
-		return out, fmt.Errorf("resume: %w", &apiError{Status: resp2.StatusCode})
-	}
-	rd = newSSEReader(resp2)
+	defer again.Close()
 	offset := out.dropAt
-	var ended struct {
-		Result struct {
-			TurnID string
-		}
-	}
-	for done := false; !done; {
-		ev, err := rd.next()
+	ended := false
+	for ev, err := range again.Events() {
 		if err != nil {
 			return out, fmt.Errorf("resumed stream: %w", err)
 		}
-		switch ev.name {
-		case "start":
-			out.toStart = ev.at.Sub(dropped)
-			var st struct{ TurnID string }
-			if err := json.Unmarshal([]byte(ev.data), &st); err != nil || st.TurnID != turnID {
-				return out, fmt.Errorf("resumed start event %q does not name turn %s", ev.data, turnID)
+		switch ev.Type {
+		case client.EventStart:
+			out.toStart = time.Since(dropped)
+			if ev.TurnID != turnID {
+				return out, fmt.Errorf("resumed start event names turn %q, not %s", ev.TurnID, turnID)
 			}
-		case "delta":
+		case client.EventDelta:
 			if out.toFirstByte == 0 {
-				out.toFirstByte = ev.at.Sub(dropped)
+				out.toFirstByte = time.Since(dropped)
 			}
-			var d struct{ Chunk string }
-			if err := json.Unmarshal([]byte(ev.data), &d); err != nil {
-				return out, fmt.Errorf("delta %q: %w", ev.data, err)
-			}
-			text.WriteString(d.Chunk)
-			offset += utf8.RuneCountInString(d.Chunk)
-			if ev.id != strconv.Itoa(offset) {
+			text.WriteString(ev.Chunk)
+			offset += utf8.RuneCountInString(ev.Chunk)
+			if ev.Offset != offset {
 				out.offsetOK = false
 			}
-		case "error":
-			return out, fmt.Errorf("resumed stream: error event %s", ev.data)
-		case "end":
-			if err := json.Unmarshal([]byte(ev.data), &ended); err != nil || ended.Result.TurnID != turnID {
-				return out, fmt.Errorf("resumed end event %q does not name turn %s", ev.data, turnID)
+		case client.EventEnd:
+			if ev.Result == nil || ev.Result.TurnID != turnID {
+				return out, fmt.Errorf("resumed end event does not name turn %s: %+v", turnID, ev.Result)
 			}
-			done = true
+			ended = true
 		}
+	}
+	if !ended {
+		return out, errors.New("resumed stream: closed before an end event")
 	}
 	if out.toFirstByte == 0 {
-		return out, fmt.Errorf("resumed stream from %s had no catch-up delta", lastID)
+		return out, fmt.Errorf("resumed stream from %d had no catch-up delta", from)
 	}
 	// The turn as stored.
-	var stored struct {
-		State  string
-		Result struct {
-			Turn struct{ FinalContent *string }
-		}
-	}
-	if err := a.do(ctx, http.MethodGet, "/spaces/"+s.space+"/sessions/"+s.session+"/turns/"+turnID, nil, &stored); err != nil {
+	stored, err := c.GetTurn(ctx, s.space, s.session, turnID)
+	if err != nil {
 		return out, fmt.Errorf("get turn: %w", err)
 	}
-	if stored.State != "completed" || stored.Result.Turn.FinalContent == nil {
+	if stored.State != client.TurnCompleted || stored.Result == nil || stored.Result.Turn.FinalContent == nil {
 		return out, fmt.Errorf("turn %s is %s with no finalContent", turnID, stored.State)
 	}
 	out.equal = text.String() == *stored.Result.Turn.FinalContent
@@ -282,7 +171,7 @@ func (r *runner) resume(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer t.stop()
-	a := newAPI(t.url, t.key, c.ResumeClients)
+	a := newClient(t.url, t.key, c.ResumeClients)
 	spaces := max(c.ResumeClients/10, 1)
 	sess, err := setupSessions(ctx, a, spaces, c.ResumeClients)
 	if err != nil {
@@ -303,7 +192,7 @@ func (r *runner) resume(ctx context.Context) (*Result, error) {
 	elapsed := loop(ctx, c.ResumeClients, c.Duration, warmup, rec, func(ctx context.Context, i int) error {
 		measured := !time.Now().Before(measureFrom)
 		rounds[i]++
-		o, err := a.resumeOne(ctx, rngs[i], sess[i], resumeInput(i, rounds[i]), c.ResumeReplyWords)
+		o, err := resumeOne(ctx, a, rngs[i], sess[i], resumeInput(i, rounds[i]), c.ResumeReplyWords)
 		if err != nil || !measured {
 			return err
 		}

@@ -1,11 +1,9 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/stellohq/stello/bench/mockllm"
 	"github.com/stellohq/stello/bench/pgbench"
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/pgstore/embedpg"
 )
 
@@ -28,10 +27,10 @@ type benchSession struct{ space, session string }
 
 // setupSessions creates spaces spaces and gives each of n clients its own
 // session: the root of space i when n <= spaces, a fork otherwise.
-func setupSessions(ctx context.Context, a *api, spaces, n int) ([]benchSession, error) {
+func setupSessions(ctx context.Context, c *client.Client, spaces, n int) ([]benchSession, error) {
 	roots := make([]benchSession, spaces)
 	if err := parallel(ctx, 16, spaces, func(i int) error {
-		sp, root, err := a.createSpace(ctx, fmt.Sprintf("bench %d", i))
+		sp, root, err := createSpace(ctx, c, fmt.Sprintf("bench %d", i))
 		roots[i] = benchSession{sp, root}
 		return err
 	}); err != nil {
@@ -44,9 +43,12 @@ func setupSessions(ctx context.Context, a *api, spaces, n int) ([]benchSession, 
 			out[i] = r
 			return nil
 		}
-		id, err := a.fork(ctx, r.space, r.session, fmt.Sprintf("client %d", i))
-		out[i] = benchSession{r.space, id}
-		return err
+		child, err := c.Fork(ctx, r.space, r.session, client.ForkOptions{Label: fmt.Sprintf("client %d", i)})
+		if err != nil {
+			return err
+		}
+		out[i] = benchSession{r.space, child.ID}
+		return nil
 	})
 	return out, err
 }
@@ -185,14 +187,14 @@ func (r *runner) turnLogCost(ctx context.Context, base *Result, name string, mod
 	}
 	defer tn.stop()
 	type side struct {
-		api   *api
+		c     *client.Client
 		sess  []benchSession
 		rec   *recorder
 		spent time.Duration
 	}
-	sides := [2]*side{{api: newAPI(tw.url, tw.key, c.Clients), rec: newRecorder()}, {api: newAPI(tn.url, tn.key, c.Clients), rec: newRecorder()}}
+	sides := [2]*side{{c: newClient(tw.url, tw.key, c.Clients), rec: newRecorder()}, {c: newClient(tn.url, tn.key, c.Clients), rec: newRecorder()}}
 	for _, sd := range sides {
-		if sd.sess, err = setupSessions(ctx, sd.api, c.Spaces, c.Clients); err != nil {
+		if sd.sess, err = setupSessions(ctx, sd.c, c.Spaces, c.Clients); err != nil {
 			return fail(fmt.Errorf("setup: %w", err))
 		}
 	}
@@ -203,7 +205,7 @@ func (r *runner) turnLogCost(ctx context.Context, base *Result, name string, mod
 		sd := sides[k]
 		n0 := sd.rec.count()
 		d := loop(ctx, c.Clients, phase, time.Second, sd.rec, func(ctx context.Context, i int) error {
-			return sd.api.turn(ctx, sd.sess[i].space, sd.sess[i].session, "load test input")
+			return turn(ctx, sd.c, sd.sess[i], "load test input")
 		})
 		sd.spent += d
 		phases = append(phases, round2(float64(sd.rec.count()-n0)/d.Seconds()))
@@ -234,7 +236,7 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	}
 	defer t.stop()
 	c := r.cfg
-	a := newAPI(t.url, t.key, c.Clients)
+	a := newClient(t.url, t.key, c.Clients)
 	sess, err := setupSessions(ctx, a, c.Spaces, c.Clients)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
@@ -247,7 +249,7 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	srv0, srvErr := cpuTime(t.pid)
 	own0, _ := cpuTime(os.Getpid())
 	elapsed := loop(ctx, c.Clients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
-		err := a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+		err := turn(ctx, a, sess[i], "load test input")
 		if err == nil {
 			done.Add(1)
 		}
@@ -365,7 +367,7 @@ func (r *runner) pgbenchOnly(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer t.stop()
-	a := newAPI(t.url, t.key, r.cfg.Clients)
+	a := newClient(t.url, t.key, r.cfg.Clients)
 	sess, err := setupSessions(ctx, a, r.cfg.Spaces, r.cfg.Clients)
 	if err != nil {
 		return nil, err
@@ -384,7 +386,7 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer t.stop()
-	a := newAPI(t.url, t.key, 32)
+	a := newClient(t.url, t.key, 32)
 	spaces := c.StreamClients / 10
 	if spaces < 1 {
 		spaces = 1
@@ -394,14 +396,11 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
 	r.progress("stream: connecting %d WebSocket clients", c.StreamClients)
-	clients := make([]*wsClient, c.StreamClients)
+	clients := make([]*client.Conn, c.StreamClients)
 	if err := parallel(ctx, 32, c.StreamClients, func(i int) error {
-		w, err := dialWS(ctx, t.url, t.key, sess[i].space)
-		if err != nil {
-			return err
-		}
+		w, err := dialEnter(ctx, a, sess[i])
 		clients[i] = w
-		return w.enter(sess[i].session)
+		return err
 	}); err != nil {
 		closeAll(clients)
 		return nil, fmt.Errorf("connect: %w", err)
@@ -411,21 +410,20 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 	rec, first, gaps, over := newRecorder(), newRecorder(), newRecorder(), newRecorder()
 	measureFrom := time.Now().Add(2 * time.Second) // loop's warmup: not recorded
 	elapsed := loop(ctx, c.StreamClients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
-		w := clients[i]
+		// A turn in flight when the measured time ends runs to its end
+		// and counts: bounded by its own 2 minutes, not by the loop.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
 		start := time.Now()
 		measured := !start.Before(measureFrom)
-		if err := w.send(map[string]any{"type": "session.stream", "input": "load test input", "id": "t"}); err != nil {
-			return err
-		}
 		last := time.Time{}
-		for {
-			m, err := w.read(2 * time.Minute)
+		for ev, err := range clients[i].Stream(tctx, "load test input") {
 			if err != nil {
 				return err
 			}
 			now := time.Now()
-			switch m.Type {
-			case "stream.delta":
+			switch ev.Type {
+			case client.EventDelta:
 				switch {
 				case !measured:
 				case last.IsZero():
@@ -434,13 +432,14 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 					gaps.ok(now.Sub(last))
 				}
 				last = now
-			case "stream.end":
+			case client.EventEnd:
 				if measured {
 					over.ok(now.Sub(start) - c.StreamLatency)
 				}
 				return nil
 			}
 		}
+		return errors.New("stream ended without stream.end")
 	})
 	res := &Result{Name: "stream", Settings: t.settings}
 	res.Settings["clients"] = c.StreamClients
@@ -459,14 +458,6 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 	return res, nil
 }
 
-func closeAll(cs []*wsClient) {
-	for _, c := range cs {
-		if c != nil {
-			c.close()
-		}
-	}
-}
-
 func (r *runner) connections(ctx context.Context) (*Result, error) {
 	c := r.cfg
 	t, err := r.start(ctx, fakeModel)
@@ -474,7 +465,7 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer t.stop()
-	a := newAPI(t.url, t.key, 32)
+	a := newClient(t.url, t.key, 32)
 	spaces := c.Conns / 100
 	if spaces < 1 {
 		spaces = 1
@@ -485,25 +476,21 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	}
 	// Activate every space once so the baseline holds the actors.
 	for _, s := range sess {
-		if err := a.do(ctx, http.MethodGet, "/spaces/"+s.space+"/sessions", nil, nil); err != nil {
+		if _, err := a.Tree(ctx, s.space); err != nil {
 			return nil, err
 		}
 	}
 	time.Sleep(2 * time.Second)
 	base, baseErr := rssKiB(t.pid)
-	heap0, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
-	stack0, _ := metric(ctx, t.url, "go_memstats_stack_inuse_bytes")
+	heap0, _ := metric(ctx, a, "go_memstats_heap_inuse_bytes")
+	stack0, _ := metric(ctx, a, "go_memstats_stack_inuse_bytes")
 	r.progress("connections: opening %d idle WebSockets (server RSS %d KiB)", c.Conns, base)
-	clients := make([]*wsClient, c.Conns)
+	clients := make([]*client.Conn, c.Conns)
 	start := time.Now()
 	err = parallel(ctx, 64, c.Conns, func(i int) error {
-		s := sess[i%len(sess)]
-		w, err := dialWS(ctx, t.url, t.key, s.space)
-		if err != nil {
-			return err
-		}
+		w, err := dialEnter(ctx, a, sess[i%len(sess)])
 		clients[i] = w
-		return w.enter(s.session)
+		return err
 	})
 	defer closeAll(clients)
 	if err != nil {
@@ -512,20 +499,16 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	r.progress("connections: %d open in %s; settling", c.Conns, time.Since(start).Round(time.Millisecond))
 	time.Sleep(3 * time.Second)
 	after, afterErr := rssKiB(t.pid)
-	heap1, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
-	stack1, _ := metric(ctx, t.url, "go_memstats_stack_inuse_bytes")
+	heap1, _ := metric(ctx, a, "go_memstats_heap_inuse_bytes")
+	stack1, _ := metric(ctx, a, "go_memstats_stack_inuse_bytes")
 	// Every connection still answers.
 	rec := newRecorder()
 	_ = parallel(ctx, 64, c.Conns, func(i int) error {
-		w := clients[i]
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
 		st := time.Now()
-		if err := w.send(map[string]any{"type": "session.leave", "id": "l"}); err != nil {
-			rec.fail(err)
-			return nil
-		}
-		m, err := w.read(30 * time.Second)
-		if err != nil || m.Type != "session.left" {
-			rec.fail(fmt.Errorf("no session.left: %v %s", err, m.Type))
+		if err := clients[i].Leave(lctx); err != nil {
+			rec.fail(fmt.Errorf("no session.left: %w", err))
 			return nil
 		}
 		rec.ok(time.Since(st))
@@ -550,7 +533,7 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	return res, nil
 }
 
-func countNonNil(cs []*wsClient) int {
+func countNonNil(cs []*client.Conn) int {
 	n := 0
 	for _, c := range cs {
 		if c != nil {
@@ -569,7 +552,7 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer t.stop()
-	a := newAPI(t.url, t.key, c.Clients+c.Readers)
+	a := newClient(t.url, t.key, c.Clients+c.Readers)
 	writers := c.Clients / 4
 	if writers < 1 {
 		writers = 1
@@ -586,25 +569,28 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 	go func() {
 		defer wg.Done()
 		loop(ctx, writers, c.Duration+time.Second, time.Second, turnRec, func(ctx context.Context, i int) error {
-			return a.turn(ctx, sess[i].space, sess[i].session, "load test input")
+			return turn(ctx, a, sess[i], "load test input")
 		})
 	}()
-	paths := func(i, k int) string {
+	read := func(ctx context.Context, i, k int) error {
 		s := sess[(i+k)%len(sess)]
+		var err error
 		switch k % 3 {
 		case 0:
-			return "/spaces/" + s.space + "/sessions"
+			_, err = a.Tree(ctx, s.space)
 		case 1:
-			return "/spaces/" + s.space + "/sessions/" + s.session + "/messages?limit=20"
+			_, err = a.Messages(ctx, s.space, s.session, 20, 0)
+		default:
+			_, err = a.GetSpace(ctx, s.space)
 		}
-		return "/spaces/" + s.space
+		return err
 	}
 	var k atomic.Int64
 	kinds := []*recorder{newRecorder(), newRecorder(), newRecorder()}
 	elapsed := loop(ctx, c.Readers, c.Duration, time.Second, readRec, func(ctx context.Context, i int) error {
 		n := int(k.Add(1))
 		st := time.Now()
-		err := a.do(ctx, http.MethodGet, paths(i, n), nil, nil)
+		err := read(ctx, i, n)
 		if err == nil {
 			kinds[n%3].ok(time.Since(st))
 		}
@@ -624,24 +610,6 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 	return res, nil
 }
 
-// metric reads one unlabelled sample from /metrics.
-func metric(ctx context.Context, base, name string) (float64, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, fmt.Errorf("metric %s not found", name)
-}
-
 func (r *runner) churn(ctx context.Context) (*Result, error) {
 	c := r.cfg
 	t, err := r.start(ctx, fakeModel, "--idle-ttl", c.ChurnIdleTTL.String())
@@ -649,58 +617,60 @@ func (r *runner) churn(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer t.stop()
-	a := newAPI(t.url, t.key, 64)
+	a := newClient(t.url, t.key, 64)
 	r.progress("churn: creating %d spaces", c.ChurnSpaces)
 	ids := make([]string, c.ChurnSpaces)
 	if err := parallel(ctx, 32, c.ChurnSpaces, func(i int) error {
-		var sp idOnly
-		err := a.do(ctx, http.MethodPost, "/spaces", map[string]any{"label": "churn"}, &sp)
+		sp, err := a.CreateSpace(ctx, client.SpaceInput{Label: "churn"})
+		if err != nil {
+			return err
+		}
 		ids[i] = sp.ID
 		if i > 0 && i%20000 == 0 {
 			r.progress("churn: %d spaces created", i)
 		}
-		return err
+		return nil
 	}); err != nil {
 		return nil, err
 	}
 	time.Sleep(2 * time.Second)
-	g0, _ := metric(ctx, t.url, "stello_goroutines")
+	g0, _ := metric(ctx, a, "stello_goroutines")
 	rss0, rssErr := rssKiB(t.pid)
-	heap0, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
+	heap0, _ := metric(ctx, a, "go_memstats_heap_inuse_bytes")
 	r.progress("churn: touching %d spaces (baseline RSS %d KiB, %v goroutines)", c.ChurnSpaces, rss0, g0)
 	rec := newRecorder()
 	var peak atomic.Int64
 	start := time.Now()
 	_ = parallel(ctx, 32, c.ChurnSpaces, func(i int) error {
 		st := time.Now()
-		if err := a.do(ctx, http.MethodGet, "/spaces/"+ids[i]+"/sessions", nil, nil); err != nil {
+		if _, err := a.Tree(ctx, ids[i]); err != nil {
 			rec.fail(err)
 			return nil
 		}
 		rec.ok(time.Since(st))
 		if i%5000 == 0 {
-			if v, err := metric(ctx, t.url, "stello_active_actors"); err == nil && int64(v) > peak.Load() {
+			if v, err := metric(ctx, a, "stello_active_actors"); err == nil && int64(v) > peak.Load() {
 				peak.Store(int64(v))
 			}
 		}
 		return nil
 	})
 	elapsed := time.Since(start)
-	gPeak, _ := metric(ctx, t.url, "stello_goroutines")
+	gPeak, _ := metric(ctx, a, "stello_goroutines")
 	rssPeak, _ := rssKiB(t.pid)
 	r.progress("churn: touched in %s; waiting for eviction", elapsed.Round(time.Millisecond))
 	deadline := time.Now().Add(c.ChurnIdleTTL*4 + 60*time.Second)
 	for time.Now().Before(deadline) {
-		if v, err := metric(ctx, t.url, "stello_active_actors"); err == nil && v == 0 {
+		if v, err := metric(ctx, a, "stello_active_actors"); err == nil && v == 0 {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	active, _ := metric(ctx, t.url, "stello_active_actors")
+	active, _ := metric(ctx, a, "stello_active_actors")
 	time.Sleep(5 * time.Second) // let the runtime return freed memory
-	g1, _ := metric(ctx, t.url, "stello_goroutines")
+	g1, _ := metric(ctx, a, "stello_goroutines")
 	rss1, _ := rssKiB(t.pid)
-	heap1, _ := metric(ctx, t.url, "go_memstats_heap_inuse_bytes")
+	heap1, _ := metric(ctx, a, "go_memstats_heap_inuse_bytes")
 	s := rec.summary()
 	res := &Result{Name: "churn", Settings: t.settings, ErrorSamples: rec.errMsg}
 	res.Settings["spaces"], res.Settings["idleTTL"] = c.ChurnSpaces, c.ChurnIdleTTL.String()

@@ -24,6 +24,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // Client talks to one Stello server as one user. It is safe for
@@ -34,14 +36,26 @@ type Client struct {
 	hc     *http.Client
 	resume int           // stream resumptions allowed per stream
 	wait   time.Duration // first wait before a resumption
+	dialer *websocket.Dialer
 }
 
 // Option configures a Client.
 type Option func(*Client)
 
 // WithHTTPClient sends requests with hc (default: a client without a
-// timeout: deadlines come from the contexts passed to each call).
+// timeout, over http.DefaultTransport: deadlines come from the contexts
+// passed to each call). Many concurrent calls to one server want a
+// transport that keeps as many idle connections (net/http keeps 2 per
+// host by default, so the others are opened and closed on every call):
+//
+//	tr := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}
+//	c := client.New(baseURL, apiKey, client.WithHTTPClient(&http.Client{Transport: tr}))
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// WithDialer opens WebSockets with a copy of d (its buffer sizes, TLS
+// configuration, proxy, handshake timeout…; default: a dialer with a 30s
+// handshake timeout). Dial always offers the subprotocol stello.v1.
+func WithDialer(d *websocket.Dialer) Option { return func(c *Client) { c.dialer = d } }
 
 // WithResume sets how many times a stream may resume after its connection
 // dropped (default 5; 0 disables resuming) and the wait before the first
@@ -127,13 +141,15 @@ func (c *Client) call(ctx context.Context, r request, want int, out any) (http.H
 		return nil, err
 	}
 	defer res.Body.Close()
-	if out == nil {
-		_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 1<<20))
-		return res.Header, nil
+	if out != nil {
+		if err := json.NewDecoder(res.Body).Decode(out); err != nil {
+			return nil, fmt.Errorf("stello: %s %s: decode the answer: %w", r.method, r.path, err)
+		}
 	}
-	if err := json.NewDecoder(res.Body).Decode(out); err != nil {
-		return nil, fmt.Errorf("stello: %s %s: decode the answer: %w", r.method, r.path, err)
-	}
+	// Read to the end (the decoder stops after the value, before the
+	// chunked body's last chunk), or the transport would close the
+	// connection instead of keeping it for the next call.
+	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 1<<20))
 	return res.Header, nil
 }
 

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -477,4 +479,48 @@ func TestWebSocketSpaceDeleted(t *testing.T) {
 	}
 	require.NotNil(t, conn.CloseError())
 	assert.Equal(t, 4404, conn.CloseError().Code)
+}
+
+// TestWithDialerAndHTTPClient: REST calls and streams go through the given
+// HTTP client's transport, WebSockets through a copy of the given dialer
+// (which still negotiates stello.v1, whatever subprotocols the dialer
+// names).
+func TestWithDialerAndHTTPClient(t *testing.T) {
+	t.Parallel()
+	st := testutil.NewStack(t, testutil.StackOptions{})
+	_, key := st.User(t, "alice")
+	counting := func(n *atomic.Int32) func(context.Context, string, string) (net.Conn, error) {
+		return func(ctx context.Context, network, addr string) (net.Conn, error) {
+			n.Add(1)
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}
+	}
+	var httpDials, wsDials atomic.Int32
+	tr := &http.Transport{MaxIdleConnsPerHost: 8, DialContext: counting(&httpDials)}
+	t.Cleanup(tr.CloseIdleConnections)
+	d := &websocket.Dialer{ReadBufferSize: 1024, WriteBufferSize: 1024, NetDialContext: counting(&wsDials), Subprotocols: []string{"other"}}
+	c := client.New(st.URL, key, client.WithHTTPClient(&http.Client{Transport: tr}), client.WithDialer(d))
+
+	sp, err := c.CreateSpace(ctx(t), client.SpaceInput{Label: "options"})
+	require.NoError(t, err)
+	tree, err := c.Tree(ctx(t), sp.ID)
+	require.NoError(t, err)
+	s, err := c.TurnStream(ctx(t), sp.ID, tree.ID, "through the transport")
+	require.NoError(t, err)
+	_, text, err := collect(t, s)
+	require.NoError(t, err)
+	assert.Equal(t, "Echo: through the transport", text)
+	assert.Positive(t, httpDials.Load(), "REST and SSE go through the given transport")
+	assert.Zero(t, wsDials.Load())
+
+	conn, err := c.Dial(ctx(t), sp.ID)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Enter(ctx(t), tree.ID)
+	require.NoError(t, err)
+	res, err := conn.Message(ctx(t), "over the dialer")
+	require.NoError(t, err)
+	assert.Equal(t, "Echo: over the dialer", res.Text())
+	assert.EqualValues(t, 1, wsDials.Load(), "the WebSocket went through the given dialer")
+	assert.Equal(t, []string{"other"}, d.Subprotocols, "the caller's dialer is not changed")
 }

@@ -90,15 +90,16 @@ type Conn struct {
 	mu      sync.Mutex
 	pending map[string]*waiter
 
-	events  chan ServerMessage
-	closing chan struct{} // closed by Close: the reader stops waiting on events
-	closed  chan struct{}
-	err     error // why the reader ended; set before closed is closed
-	once    sync.Once
+	events     chan ServerMessage // made on first use: most connections never get one
+	eventsOnce sync.Once
+	closing    chan struct{} // closed by Close: the reader stops waiting on events
+	closed     chan struct{}
+	err        error // why the reader ended; set before closed is closed
+	once       sync.Once
 }
 
 type waiter struct {
-	ch   chan ServerMessage
+	ch   chan *ServerMessage
 	gone chan struct{} // closed when the requester stopped listening
 }
 
@@ -107,7 +108,11 @@ type waiter struct {
 // *Error with status 401, 403 or 404.
 func (c *Client) Dial(ctx context.Context, spaceID string) (*Conn, error) {
 	u := "ws" + strings.TrimPrefix(c.base, "http") + spacePath(spaceID) + "/ws"
-	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, Subprotocols: []string{"stello.v1"}}
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second}
+	if c.dialer != nil {
+		d = *c.dialer
+	}
+	d.Subprotocols = []string{"stello.v1"}
 	ws, res, err := d.DialContext(ctx, u, http.Header{"X-API-Key": {c.key}})
 	if err != nil {
 		if res != nil {
@@ -118,8 +123,7 @@ func (c *Client) Dial(ctx context.Context, spaceID string) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("stello: dial %s: %w", u, err)
 	}
-	conn := &Conn{ws: ws, pending: map[string]*waiter{}, events: make(chan ServerMessage, 256),
-		closing: make(chan struct{}), closed: make(chan struct{})}
+	conn := &Conn{ws: ws, pending: map[string]*waiter{}, closing: make(chan struct{}), closed: make(chan struct{})}
 	go conn.readLoop()
 	return conn, nil
 }
@@ -136,13 +140,13 @@ func (c *Conn) readLoop() {
 		_ = c.ws.Close()
 	}()
 	for {
-		var m ServerMessage
+		m := new(ServerMessage)
 		_, data, err := c.ws.ReadMessage()
 		if err != nil {
 			end = fmt.Errorf("stello: websocket closed: %w", err)
 			return
 		}
-		if err := json.Unmarshal(data, &m); err != nil {
+		if err := json.Unmarshal(data, m); err != nil {
 			continue // not a message of this API
 		}
 		c.mu.Lock()
@@ -159,7 +163,7 @@ func (c *Conn) readLoop() {
 			continue
 		}
 		select {
-		case c.events <- m:
+		case c.eventsChan() <- *m:
 		case <-c.closing:
 			end = errors.New("stello: websocket closed by the client")
 			return
@@ -188,7 +192,14 @@ func (c *Conn) Done() <-chan struct{} { return c.closed }
 // Events delivers the messages that answer no request: space events after
 // Subscribe, and errors the server sent without an id. Read it when you
 // subscribed: while it is full, the connection stops reading.
-func (c *Conn) Events() <-chan ServerMessage { return c.events }
+func (c *Conn) Events() <-chan ServerMessage { return c.eventsChan() }
+
+// eventsChan returns the events channel, making it on first use: its
+// buffer of 256 messages would otherwise weigh on every idle connection.
+func (c *Conn) eventsChan() chan ServerMessage {
+	c.eventsOnce.Do(func() { c.events = make(chan ServerMessage, 256) })
+	return c.events
+}
 
 // Close closes the connection. Running turns are not cancelled.
 func (c *Conn) Close() error {
@@ -230,7 +241,7 @@ func (c *Conn) write(ctx context.Context, m clientMessage) error {
 func (c *Conn) exchange(ctx context.Context, m clientMessage) iter.Seq2[ServerMessage, error] {
 	return func(yield func(ServerMessage, error) bool) {
 		m.ID = "c" + strconv.FormatInt(c.nextID.Add(1), 10)
-		w := &waiter{ch: make(chan ServerMessage, 64), gone: make(chan struct{})}
+		w := &waiter{ch: make(chan *ServerMessage, 64), gone: make(chan struct{})}
 		c.mu.Lock()
 		c.pending[m.ID] = w
 		c.mu.Unlock()
@@ -247,7 +258,7 @@ func (c *Conn) exchange(ctx context.Context, m clientMessage) iter.Seq2[ServerMe
 		for {
 			select {
 			case msg := <-w.ch:
-				if !yield(msg, nil) {
+				if !yield(*msg, nil) {
 					return
 				}
 			case <-c.closed:

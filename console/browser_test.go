@@ -1,12 +1,9 @@
 package console_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -19,6 +16,7 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
 )
 
@@ -232,87 +230,65 @@ func (p *page) open(url, key string) {
 	p.wait("the console to be ready", `document.getElementById('app').dataset.ready === 'true' && !document.getElementById('key-dialog').open`)
 }
 
-// client is a REST client for assertions beside the browser.
-type client struct {
-	t    *testing.T
-	base string
-	key  string
+// rest is the Go client, for assertions beside the browser. Its helpers
+// fail the test on any error (the client checks each answer's status).
+type rest struct {
+	t *testing.T
+	c *client.Client
 }
 
-func (c client) call(method, path string, body any, out any) int {
-	c.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
+func newREST(t *testing.T, base, key string) rest { return rest{t: t, c: client.New(base, key)} }
+
+// ctx bounds one call to 30 seconds.
+func (r rest) ctx() context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	r.t.Cleanup(cancel)
+	return ctx
+}
+
+// must fails the test when a call failed.
+func (r rest) must(what string, err error) {
+	r.t.Helper()
 	if err != nil {
-		c.t.Fatal(err)
+		r.t.Fatalf("%s: %v", what, err)
 	}
-	req.Header.Set("X-API-Key", c.key)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		c.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if out != nil && res.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			c.t.Fatalf("%s %s: decode %s: %v", method, path, b, err)
-		}
-	}
-	return res.StatusCode
 }
 
-type spaceJSON struct {
-	ID    string `json:"id"`
-	Label string `json:"label"`
-}
-
-type treeNode struct {
-	ID       string     `json:"id"`
-	Label    string     `json:"label"`
-	Status   string     `json:"status"`
-	Children []treeNode `json:"children"`
-}
-
-type message struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
-}
-
-type content struct {
-	Content *string `json:"content"`
+// space creates a space.
+func (r rest) space(in client.SpaceInput) *client.Space {
+	r.t.Helper()
+	sp, err := r.c.CreateSpace(r.ctx(), in)
+	r.must("create space", err)
+	return sp
 }
 
 // spaces lists the caller's spaces.
-func (c client) spaces() []spaceJSON {
-	var out []spaceJSON
-	if code := c.call("GET", "/spaces", nil, &out); code != 200 {
-		c.t.Fatalf("list spaces: %d", code)
-	}
+func (r rest) spaces() []client.Space {
+	r.t.Helper()
+	out, err := r.c.ListSpaces(r.ctx())
+	r.must("list spaces", err)
 	return out
 }
 
-func (c client) tree(spaceID string) treeNode {
-	var out treeNode
-	if code := c.call("GET", "/spaces/"+spaceID+"/sessions", nil, &out); code != 200 {
-		c.t.Fatalf("tree: %d", code)
-	}
+func (r rest) tree(spaceID string) *client.TreeNode {
+	r.t.Helper()
+	out, err := r.c.Tree(r.ctx(), spaceID)
+	r.must("tree", err)
 	return out
 }
 
-func (c client) messages(spaceID, sessionID string) []message {
-	var out []message
-	if code := c.call("GET", "/spaces/"+spaceID+"/sessions/"+sessionID+"/messages", nil, &out); code != 200 {
-		c.t.Fatalf("messages: %d", code)
-	}
+func (r rest) messages(spaceID, sessionID string) []client.Message {
+	r.t.Helper()
+	out, err := r.c.Messages(r.ctx(), spaceID, sessionID, 0, 0)
+	r.must("messages", err)
+	return out
+}
+
+// slot reads a session's data slot.
+func (r rest) slot(spaceID, sessionID string, slot client.Slot) *string {
+	r.t.Helper()
+	out, err := r.c.Slot(r.ctx(), spaceID, sessionID, slot)
+	r.must(string(slot), err)
 	return out
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm/fake"
 )
@@ -25,9 +26,8 @@ import (
 // appear in the tree without a reload, from the space events.
 func TestConsoleTreeFollowsSpaceEvents(t *testing.T) {
 	st, key := newStack(t, testutil.StackOptions{})
-	api := client{t: t, base: st.URL, key: key}
-	var sp spaceJSON
-	api.call("POST", "/spaces", map[string]any{"label": "Live"}, &sp)
+	api := newREST(t, st.URL, key)
+	sp := api.space(client.SpaceInput{Label: "Live"})
 	root := api.tree(sp.ID)
 	p := newPage(t)
 	p.open(st.URL, key)
@@ -35,26 +35,21 @@ func TestConsoleTreeFollowsSpaceEvents(t *testing.T) {
 	p.wait("subscribed to the space events", `document.getElementById('live').dataset.state === 'live'`)
 	p.eval(`window.__sameDocument = true`, nil)
 
-	var child struct{ ID string }
-	if code := api.call("POST", "/spaces/"+sp.ID+"/sessions/"+root.ID+"/fork", map[string]any{"label": "From the API"}, &child); code != 201 {
-		t.Fatalf("fork: %d", code)
-	}
+	child, err := api.c.Fork(api.ctx(), sp.ID, root.ID, client.ForkOptions{Label: "From the API"})
+	api.must("fork", err)
 	p.wait("the REST fork in the tree", `document.querySelector('#tree li[aria-level="2"] .node-label')?.textContent === 'From the API'`)
 
-	if code := api.call("POST", "/spaces/"+sp.ID+"/sessions/"+child.ID+"/turn", map[string]any{"input": "counted"}, nil); code != 200 {
-		t.Fatalf("turn: %d", code)
-	}
+	_, err = api.c.Turn(api.ctx(), sp.ID, child.ID, "counted")
+	api.must("turn", err)
 	p.wait("the turn counted", nodeExpr("From the API")+`?.querySelector('.count').textContent === '1'`)
 
-	if code := api.call("POST", "/spaces/"+sp.ID+"/sessions/"+child.ID+"/archive", nil, nil); code != 200 {
-		t.Fatalf("archive: %d", code)
-	}
+	_, err = api.c.Archive(api.ctx(), sp.ID, child.ID)
+	api.must("archive", err)
 	p.wait("the archive in the tree", nodeExpr("From the API")+`?.dataset.status === 'archived'`)
 
 	// A turn on the session on screen, made elsewhere, shows its messages.
-	if code := api.call("POST", "/spaces/"+sp.ID+"/sessions/"+root.ID+"/turn", map[string]any{"input": "from elsewhere"}, nil); code != 200 {
-		t.Fatalf("turn: %d", code)
-	}
+	_, err = api.c.Turn(api.ctx(), sp.ID, root.ID, "from elsewhere")
+	api.must("turn", err)
 	p.wait("the other client's turn on screen", `[...document.querySelectorAll('#messages .msg-user .body')].some(e => e.textContent === 'from elsewhere')`)
 
 	var same bool
@@ -68,9 +63,8 @@ func TestConsoleTreeFollowsSpaceEvents(t *testing.T) {
 // turn is stored.
 func TestConsoleCancelsARunningTurn(t *testing.T) {
 	st, key := newStack(t, testutil.StackOptions{LLM: fake.New(fake.Config{Latency: 50 * time.Millisecond, ChunkDelay: 150 * time.Millisecond, ReplyWords: 400})})
-	api := client{t: t, base: st.URL, key: key}
-	var sp spaceJSON
-	api.call("POST", "/spaces", map[string]any{"label": "Cancel"}, &sp)
+	api := newREST(t, st.URL, key)
+	sp := api.space(client.SpaceInput{Label: "Cancel"})
 	root := api.tree(sp.ID)
 	p := newPage(t)
 	p.open(st.URL, key)
@@ -118,9 +112,8 @@ func (c *cutBody) Read(b []byte) (int, error) {
 // through the resume endpoint and ends whole, each word once.
 func TestConsoleResumesADroppedStream(t *testing.T) {
 	st, key := newStack(t, testutil.StackOptions{LLM: fake.New(fake.Config{Latency: 50 * time.Millisecond, ChunkDelay: 60 * time.Millisecond, ReplyWords: 40})})
-	api := client{t: t, base: st.URL, key: key}
-	var sp spaceJSON
-	api.call("POST", "/spaces", map[string]any{"label": "Resume"}, &sp)
+	api := newREST(t, st.URL, key)
+	sp := api.space(client.SpaceInput{Label: "Resume"})
 	root := api.tree(sp.ID)
 
 	target, _ := url.Parse(st.URL)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm/fake"
 )
@@ -24,26 +25,21 @@ const screenshotPath = "../docs/console.png"
 // STELLO_WRITE_SCREENSHOT=1).
 func TestConsoleScreenshot(t *testing.T) {
 	st, key := newStack(t, testutil.StackOptions{LLM: fake.New(fake.Config{ReplyWords: 36})})
-	api := client{t: t, base: st.URL, key: key}
-	var sp spaceJSON
-	api.call("POST", "/spaces", map[string]any{"label": "Research assistant",
-		"systemPrompt": "You are a careful research assistant. Cite what you rely on."}, &sp)
+	api := newREST(t, st.URL, key)
+	sp := api.space(client.SpaceInput{Label: "Research assistant",
+		SystemPrompt: client.String("You are a careful research assistant. Cite what you rely on.")})
 	root := api.tree(sp.ID)
-	base := "/spaces/" + sp.ID + "/sessions/"
 	turn := func(id, input string) {
-		if code := api.call("POST", base+id+"/turn", map[string]any{"input": input}, nil); code != 200 {
-			t.Fatalf("turn: %d", code)
-		}
+		_, err := api.c.Turn(api.ctx(), sp.ID, id, input)
+		api.must("turn", err)
 	}
 	fork := func(from, label, scope, context string) string {
-		var c struct{ ID string }
-		body := map[string]any{"label": label, "context": context}
+		o := client.ForkOptions{Label: label, Context: context}
 		if scope != "" {
-			body["scope"] = scope
+			o.Scope = client.String(scope)
 		}
-		if code := api.call("POST", base+from+"/fork", body, &c); code != 201 {
-			t.Fatalf("fork: %d", code)
-		}
+		c, err := api.c.Fork(api.ctx(), sp.ID, from, o)
+		api.must("fork", err)
 		return c.ID
 	}
 	turn(root.ID, "Plan a survey of retrieval-augmented generation.")
@@ -55,17 +51,14 @@ func TestConsoleScreenshot(t *testing.T) {
 	turn(lit, "Summarise the dense retrieval line of work.")
 	turn(exp, "Propose three ablations.")
 	turn(methods, "Compare recall at 10.")
-	if code := api.call("POST", base+old+"/archive", nil, nil); code != 200 {
-		t.Fatalf("archive: %d", code)
-	}
+	_, err := api.c.Archive(api.ctx(), sp.ID, old)
+	api.must("archive", err)
 	for _, id := range []string{lit, exp} {
-		if code := api.call("POST", base+id+"/consolidate", nil, nil); code != 200 {
-			t.Fatalf("consolidate: %d", code)
-		}
+		_, err := api.c.Consolidate(api.ctx(), sp.ID, id)
+		api.must("consolidate", err)
 	}
-	if code := api.call("POST", "/spaces/"+sp.ID+"/integrate", nil, nil); code != 200 {
-		t.Fatalf("integrate: %d", code)
-	}
+	_, err = api.c.Integrate(api.ctx(), sp.ID)
+	api.must("integrate", err)
 
 	p := newPage(t)
 	p.do("size the window", chromedp.EmulateViewport(1440, 900))

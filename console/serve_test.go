@@ -3,15 +3,19 @@ package console_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
 )
 
+// get sends a raw request: the page and its assets are checked on the
+// wire (content types, ETag revalidation, HEAD, the JSON 404).
 func get(t *testing.T, method, url string, hdr map[string]string) (*http.Response, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -33,7 +37,9 @@ func get(t *testing.T, method, url string, hdr map[string]string) (*http.Respons
 }
 
 // The page and its assets are served without a key; every other unknown
-// path keeps the API's JSON 404, and the API still wants its key.
+// path keeps the API's JSON 404, and the API still wants its key. The page
+// and its assets are checked on the raw wire (headers, revalidation, HEAD),
+// the API through the Go client.
 func TestConsoleIsServedAtRoot(t *testing.T) {
 	st := testutil.NewStack(t, testutil.StackOptions{})
 
@@ -76,8 +82,11 @@ func TestConsoleIsServedAtRoot(t *testing.T) {
 			t.Errorf("GET %s: %d %s, want the JSON 404", path, res.StatusCode, body)
 		}
 	}
-	if res, _ := get(t, "GET", st.URL+"/spaces", nil); res.StatusCode != 401 {
-		t.Errorf("GET /spaces without a key: %d, want 401", res.StatusCode)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var apiErr *client.Error
+	if _, err := client.New(st.URL, "").ListSpaces(ctx); !errors.As(err, &apiErr) || apiErr.Status != 401 || apiErr.Code != "UNAUTHORIZED" {
+		t.Errorf("GET /spaces without a key: %v, want 401 UNAUTHORIZED", err)
 	}
 	if res, _ := get(t, "POST", st.URL+"/", nil); res.StatusCode != 405 {
 		t.Errorf("POST /: %d, want 405", res.StatusCode)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm/fake"
 )
@@ -43,7 +44,7 @@ func TestConsoleRefusesABadKey(t *testing.T) {
 // see the tree grow, archive, prompts, memory, rename and delete a space.
 func TestConsoleWalkthrough(t *testing.T) {
 	st, key := newStack(t, testutil.StackOptions{LLM: slowFake()})
-	api := client{t: t, base: st.URL, key: key}
+	api := newREST(t, st.URL, key)
 	p := newPage(t)
 	p.open(st.URL, key)
 
@@ -167,19 +168,16 @@ func TestConsoleWalkthrough(t *testing.T) {
 		chromedp.Click(chromedp.CSS(`form.slot[data-slot="system-prompt"] button`)),
 	)
 	p.wait("the prompt saved", `document.querySelector('form.slot[data-slot="system-prompt"] .slot-state').textContent === 'Saved'`)
-	var sp content
-	api.call("GET", fmt.Sprintf("/spaces/%s/sessions/%s/system-prompt", spaceID, root.ID), nil, &sp)
-	if sp.Content == nil || *sp.Content != "You are a careful research assistant." {
-		t.Fatalf("system prompt stored: %v", str(sp.Content))
+	if sp := api.slot(spaceID, root.ID, client.SlotSystemPrompt); sp == nil || *sp != "You are a careful research assistant." {
+		t.Fatalf("system prompt stored: %v", str(sp))
 	}
 	p.do("edit the consolidate prompt",
 		chromedp.SetValue(chromedp.ID("slot-consolidate-prompt"), "Summarise in three bullets."),
 		chromedp.Click(chromedp.CSS(`form.slot[data-slot="consolidate-prompt"] button`)),
 	)
 	p.wait("the consolidate prompt saved", `document.querySelector('form.slot[data-slot="consolidate-prompt"] .slot-state').textContent === 'Saved'`)
-	api.call("GET", fmt.Sprintf("/spaces/%s/sessions/%s/consolidate-prompt", spaceID, root.ID), nil, &sp)
-	if sp.Content == nil || *sp.Content != "Summarise in three bullets." {
-		t.Fatalf("consolidate prompt stored: %v", str(sp.Content))
+	if sp := api.slot(spaceID, root.ID, client.SlotConsolidatePrompt); sp == nil || *sp != "Summarise in three bullets." {
+		t.Fatalf("consolidate prompt stored: %v", str(sp))
 	}
 
 	// Memory: consolidate Branch B, integrate the space; the child's memory,
@@ -193,10 +191,9 @@ func TestConsoleWalkthrough(t *testing.T) {
 	p.wait("no memory yet", `document.getElementById('memory').classList.contains('none') && document.getElementById('synthesis').classList.contains('none')`)
 	p.do("consolidate", chromedp.Click(chromedp.ID("consolidate-btn")))
 	p.wait("the memory shown", `!document.getElementById('memory').classList.contains('none')`)
-	var mem content
-	api.call("GET", fmt.Sprintf("/spaces/%s/sessions/%s/memory", spaceID, branchB), nil, &mem)
-	if shown := p.str(`document.getElementById('memory').textContent`); mem.Content == nil || shown != *mem.Content {
-		t.Fatalf("memory shown %q, stored %s", shown, str(mem.Content))
+	mem := api.slot(spaceID, branchB, client.SlotMemory)
+	if shown := p.str(`document.getElementById('memory').textContent`); mem == nil || shown != *mem {
+		t.Fatalf("memory shown %q, stored %s", shown, str(mem))
 	}
 	p.do("integrate", chromedp.Click(chromedp.ID("integrate-btn")))
 	p.wait("the synthesis shown", `document.getElementById('synthesis').textContent === 'Fake synthesis across 1 session.'`)
@@ -229,9 +226,8 @@ func TestConsoleWalkthrough(t *testing.T) {
 // An error answered by the API is shown with its code.
 func TestConsoleShowsErrorCodes(t *testing.T) {
 	st, key := newStack(t, testutil.StackOptions{})
-	api := client{t: t, base: st.URL, key: key}
-	var sp spaceJSON
-	api.call("POST", "/spaces", map[string]any{"label": "Errors"}, &sp)
+	api := newREST(t, st.URL, key)
+	sp := api.space(client.SpaceInput{Label: "Errors"})
 	p := newPage(t)
 	p.open(st.URL, key)
 	p.wait("the root selected", nodeExpr("Errors")+`?.getAttribute('aria-current') === 'true'`)
@@ -243,9 +239,7 @@ func TestConsoleShowsErrorCodes(t *testing.T) {
 	p.do("close the dialog", press("Escape", "Escape", "", 27, false))
 
 	// The space is deleted behind the page's back: the next action says so.
-	if code := api.call("DELETE", "/spaces/"+sp.ID, nil, nil); code != 204 {
-		t.Fatalf("delete: %d", code)
-	}
+	api.must("delete", api.c.DeleteSpace(api.ctx(), sp.ID))
 	p.wait("the deleted space gone from the page", `!document.querySelector('#space-list button[aria-current="true"]') && document.getElementById('toasts').textContent.includes('NOT_FOUND')`)
 }
 

@@ -8,13 +8,16 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
 var adminRe = regexp.MustCompile(`admin listening on http://(\S+)\n`)
 
 // With --admin-addr, /metrics and /debug/pprof/ answer on that listener
-// only; --addr answers 404 for them and still serves the API.
+// only; --addr answers 404 for them and still serves the API. Which
+// listener answers which path is checked with raw requests (the Go client
+// has no pprof); the API and the metrics' content through the client.
 func TestServeAdminAddr(t *testing.T) {
 	t.Parallel()
 	p := startServe(t, "--database-url", pgtest.NewDatabase(t), "--admin-addr", "127.0.0.1:0", "--pprof")
@@ -22,15 +25,15 @@ func TestServeAdminAddr(t *testing.T) {
 	require.NotNil(t, m, "admin address printed: %q", p.stdout.String())
 	admin := "http://" + m[1]
 
-	code, _ := httpDo(t, http.MethodGet, p.url("/healthz"), "", "")
-	assert.Equal(t, http.StatusOK, code)
+	assert.NoError(t, p.api("").Health(callCtx(t)))
 	for _, path := range []string{"/metrics", "/debug/pprof/", "/debug/pprof/cmdline"} {
 		code, _ := httpDo(t, http.MethodGet, p.url(path), "", "")
 		assert.Equal(t, http.StatusNotFound, code, "--addr %s", path)
 		code, _ = httpDo(t, http.MethodGet, admin+path, "", "")
 		assert.Equal(t, http.StatusOK, code, "--admin-addr %s", path)
 	}
-	_, body := httpDo(t, http.MethodGet, admin+"/metrics", "", "")
+	body, err := client.New(admin, "").Metrics(callCtx(t))
+	require.NoError(t, err)
 	assert.Contains(t, body, "stello_http_requests_total")
 	assert.Contains(t, body, `route="/healthz"`)
 
@@ -41,8 +44,8 @@ func TestServeAdminAddr(t *testing.T) {
 func TestServeMetricsOnMainAddrWithoutAdminAddr(t *testing.T) {
 	t.Parallel()
 	p := startServe(t, "--database-url", pgtest.NewDatabase(t))
-	code, _ := httpDo(t, http.MethodGet, p.url("/metrics"), "", "")
-	assert.Equal(t, http.StatusOK, code)
-	code, _ = httpDo(t, http.MethodGet, p.url("/debug/pprof/"), "", "")
+	_, err := p.api("").Metrics(callCtx(t))
+	assert.NoError(t, err)
+	code, _ := httpDo(t, http.MethodGet, p.url("/debug/pprof/"), "", "") // raw: the client has no pprof
 	assert.Equal(t, http.StatusNotFound, code)
 }

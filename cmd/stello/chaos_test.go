@@ -9,22 +9,18 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/pgstore/pgtest"
@@ -183,49 +179,54 @@ func newChaosWorld(t *testing.T, dbURL, base string) *chaosWorld {
 		t.Fatalf("create user: %v", err)
 	}
 	w := &chaosWorld{key: key, confirmed: map[string][2]string{}, sent: map[string]bool{}, outcomes: map[string]int{}}
+	c := chaosClient(base, key)
 	for i := 0; i < 2; i++ {
-		var sp struct{ ID string }
-		chaosJSON(t, w.key, http.MethodPost, base+"/spaces", fmt.Sprintf(`{"label":"chaos %d"}`, i), http.StatusCreated, &sp)
-		var tree struct{ ID string }
-		chaosJSON(t, w.key, http.MethodGet, base+"/spaces/"+sp.ID+"/sessions", "", http.StatusOK, &tree)
+		sp, err := c.CreateSpace(ctx, client.SpaceInput{Label: fmt.Sprintf("chaos %d", i)})
+		if err != nil {
+			t.Fatalf("create space: %v", err)
+		}
+		tree, err := c.Tree(ctx, sp.ID)
+		if err != nil {
+			t.Fatalf("tree: %v", err)
+		}
 		w.sessions = append(w.sessions, [2]string{sp.ID, tree.ID})
 		for j := 0; j < 2; j++ {
-			var child struct{ ID string }
-			chaosJSON(t, w.key, http.MethodPost, base+"/spaces/"+sp.ID+"/sessions/"+tree.ID+"/fork",
-				fmt.Sprintf(`{"label":"fork %d"}`, j), http.StatusCreated, &child)
+			child, err := c.Fork(ctx, sp.ID, tree.ID, client.ForkOptions{Label: fmt.Sprintf("fork %d", j)})
+			if err != nil {
+				t.Fatalf("fork: %v", err)
+			}
 			w.sessions = append(w.sessions, [2]string{sp.ID, child.ID})
 		}
 	}
 	return w
 }
 
-var chaosHTTP = &http.Client{Timeout: chaosDeadline}
+// chaosClient is a client whose every request is bounded by chaosDeadline
+// and whose streams never resume by themselves: a cut stream is an outcome
+// the tests judge, not something to hide.
+func chaosClient(base, key string) *client.Client {
+	return client.New(base, key, client.WithHTTPClient(&http.Client{Timeout: chaosDeadline}), client.WithResume(0, 0))
+}
 
-// chaosJSON sends a request and decodes the answer, which must have status want.
-func chaosJSON(t *testing.T, key, method, url, body string, want int, out any) {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("X-API-Key", key)
-	res, err := chaosHTTP.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != want {
-		t.Fatalf("%s %s: status %d, want %d: %s", method, url, res.StatusCode, want, b)
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, url, err, b)
+// chaosCtx bounds one request to chaosDeadline.
+func chaosCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), chaosDeadline)
+}
+
+// untilServed makes call, again while it is answered 503 UNAVAILABLE, for
+// at most a minute. A killed process keeps its spaces' leases until its
+// heartbeat is older than its --lease-ttl (10s), and until then the
+// restarted process answers UNAVAILABLE for them (docs/operations.md).
+func untilServed(call func(context.Context) error) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ctx, cancel := chaosCtx()
+		err := call(ctx)
+		cancel()
+		if !errors.Is(err, client.ErrUnavailable) || time.Now().After(deadline) {
+			return err
 		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -238,14 +239,14 @@ var chaosAllowed = map[string]bool{"UNAVAILABLE": true, "TIMEOUT": true, "BUSY":
 // client quietly; otherwise they are forbidden outcomes.
 type load struct {
 	w    *chaosWorld
-	base string
+	c    *client.Client
 	stop chan struct{}
 	dead chan struct{}
 	wg   sync.WaitGroup
 }
 
 func startLoad(w *chaosWorld, base string) *load {
-	l := &load{w: w, base: base, stop: make(chan struct{}), dead: make(chan struct{})}
+	l := &load{w: w, c: chaosClient(base, w.key), stop: make(chan struct{}), dead: make(chan struct{})}
 	kinds := []string{"rest", "rest", "sse", "sse", "ws", "ws"}
 	for i, kind := range kinds {
 		at := w.sessions[i%len(w.sessions)]
@@ -295,141 +296,113 @@ func (l *load) transportError(who string, err error) {
 	l.w.forbid("%s: %v", who, err)
 }
 
+// outcome records how a turn ended: confirmed, refused with a code that
+// says "not done, retry", or cut (a transport error).
+func (l *load) outcome(who, input string, at [2]string, err error) (cut bool) {
+	var apiErr *client.Error
+	switch {
+	case err == nil:
+		l.w.confirm(input, at)
+	case errors.As(err, &apiErr):
+		if !chaosAllowed[apiErr.Code] {
+			l.w.forbid("%s: %v", who, err)
+		} else {
+			l.w.note(apiErr.Code)
+		}
+	default:
+		l.transportError(who, err)
+		return true
+	}
+	return false
+}
+
 func (l *load) httpClient(kind string, n int, at [2]string) {
-	url := l.base + "/spaces/" + at[0] + "/sessions/" + at[1] + "/turn"
 	for seq := 0; !l.stopped(); seq++ {
 		input := fmt.Sprintf("chaos %s %d %d", kind, n, seq)
 		who := fmt.Sprintf("%s client %d turn %q", kind, n, input)
-		body, _ := json.Marshal(map[string]string{"input": input})
-		req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
-		req.Header.Set("X-API-Key", l.w.key)
-		if kind == "sse" {
-			req.Header.Set("Accept", "text/event-stream")
-		}
 		l.w.send(input)
-		res, err := chaosHTTP.Do(req)
-		if err != nil {
-			l.transportError(who, err)
-			if l.serverDead() {
-				return
-			}
-			continue
+		ctx, cancel := chaosCtx()
+		var err error
+		if kind == "sse" {
+			err = sseTurn(ctx, l.c, at, input)
+		} else {
+			_, err = l.c.Turn(ctx, at[0], at[1], input)
 		}
-		b, err := io.ReadAll(res.Body)
-		_ = res.Body.Close()
-		if err != nil && res.StatusCode != http.StatusOK {
-			l.transportError(who, err)
-			continue
-		}
-		switch {
-		case res.StatusCode == http.StatusOK && kind == "rest":
-			l.w.confirm(input, at)
-		case res.StatusCode == http.StatusOK:
-			l.sseOutcome(who, input, at, b, err)
-		default:
-			var e struct{ Code string }
-			_ = json.Unmarshal(b, &e)
-			if !chaosAllowed[e.Code] {
-				l.w.forbid("%s: status %d: %s", who, res.StatusCode, b)
-			} else {
-				l.w.note(e.Code)
-			}
+		cancel()
+		if l.outcome(who, input, at, err) && l.serverDead() {
+			return
 		}
 	}
 }
 
-// sseOutcome reads a complete or cut event stream.
-func (l *load) sseOutcome(who, input string, at [2]string, body []byte, readErr error) {
-	var last, data string
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "event: "); ok {
-			last = v
-		} else if v, ok := strings.CutPrefix(line, "data: "); ok {
-			data = v
+// sseTurn streams a turn to its end event; a stream cut before its end or
+// error event is a transport error.
+func sseTurn(ctx context.Context, c *client.Client, at [2]string, input string) error {
+	s, err := c.TurnStream(ctx, at[0], at[1], input)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	for ev, err := range s.Events() {
+		if err != nil {
+			return err
+		}
+		if ev.Type == client.EventEnd {
+			return nil
 		}
 	}
-	switch last {
-	case "end":
-		l.w.confirm(input, at)
-	case "error":
-		var e struct{ Code string }
-		_ = json.Unmarshal([]byte(data), &e)
-		if !chaosAllowed[e.Code] {
-			l.w.forbid("%s: stream error %s", who, data)
-		} else {
-			l.w.note(e.Code)
-		}
-	default:
-		if readErr == nil {
-			readErr = fmt.Errorf("stream closed without end or error event")
-		}
-		l.transportError(who, readErr)
-	}
+	return errors.New("stream closed without end or error event")
 }
 
 func (l *load) wsClient(n int, at [2]string) {
 	who := fmt.Sprintf("ws client %d", n)
-	u := "ws" + strings.TrimPrefix(l.base, "http") + "/spaces/" + at[0] + "/ws"
-	d := websocket.Dialer{HandshakeTimeout: chaosDeadline}
-	c, _, err := d.Dial(u, http.Header{"X-API-Key": {l.w.key}})
+	ctx, cancel := chaosCtx()
+	conn, err := l.c.Dial(ctx, at[0])
+	cancel()
 	if err != nil {
 		l.transportError(who+" dial", err)
 		return
 	}
-	defer c.Close()
-	call := func(msg map[string]string) (map[string]any, error) {
-		_ = c.SetWriteDeadline(time.Now().Add(chaosDeadline))
-		if err := c.WriteJSON(msg); err != nil {
-			return nil, err
-		}
-		_ = c.SetReadDeadline(time.Now().Add(chaosDeadline))
-		for {
-			var m map[string]any
-			if err := c.ReadJSON(&m); err != nil {
-				return nil, err
-			}
-			switch m["type"] {
-			case "stream.start", "stream.delta", "space.event":
-				continue
-			}
-			return m, nil
-		}
+	defer conn.Close()
+	ctx, cancel = chaosCtx()
+	_, err = conn.Enter(ctx, at[1])
+	cancel()
+	var apiErr *client.Error
+	if errors.As(err, &apiErr) {
+		l.w.forbid("%s: enter answered %v", who, err)
+		return
 	}
-	m, err := call(map[string]string{"type": "session.enter", "id": "enter", "sessionId": at[1]})
 	if err != nil {
 		l.transportError(who+" enter", err)
 		return
 	}
-	if m["type"] != "session.entered" {
-		l.w.forbid("%s: enter answered %v", who, m)
-		return
-	}
 	for seq := 0; !l.stopped(); seq++ {
-		typ := "session.message"
-		if seq%2 == 1 {
-			typ = "session.stream"
-		}
 		input := fmt.Sprintf("chaos ws %d %d", n, seq)
 		l.w.send(input)
-		m, err := call(map[string]string{"type": typ, "id": input, "input": input})
-		if err != nil {
-			l.transportError(fmt.Sprintf("%s turn %q", who, input), err)
+		ctx, cancel := chaosCtx()
+		if seq%2 == 0 {
+			_, err = conn.Message(ctx, input)
+		} else {
+			err = wsStream(ctx, conn, input)
+		}
+		cancel()
+		if l.outcome(fmt.Sprintf("%s turn %q", who, input), input, at, err) {
 			return
 		}
-		switch m["type"] {
-		case "turn.complete", "stream.end":
-			l.w.confirm(input, at)
-		case "error":
-			code, _ := m["code"].(string)
-			if !chaosAllowed[code] {
-				l.w.forbid("%s turn %q: %v", who, input, m)
-			} else {
-				l.w.note(code)
-			}
-		default:
-			l.w.forbid("%s turn %q: unexpected answer %v", who, input, m)
+	}
+}
+
+// wsStream streams a turn over the WebSocket to its end.
+func wsStream(ctx context.Context, conn *client.Conn, input string) error {
+	for ev, err := range conn.Stream(ctx, input) {
+		if err != nil {
+			return err
+		}
+		if ev.Type == client.EventEnd {
+			return nil
 		}
 	}
+	return errors.New("stream ended without stream.end or error")
 }
 
 // end stops the load and waits for every client (each bounded by its
@@ -452,13 +425,24 @@ func (l *load) end(t *testing.T) {
 // assistant, user, assistant…, with turnCount the number of user records.
 func checkStored(t *testing.T, w *chaosWorld, base string) {
 	t.Helper()
+	c := chaosClient(base, w.key)
 	users := map[string]int{}
 	where := map[string][2]string{}
 	for _, at := range w.sessions {
-		var recs []struct{ Role, Content string }
-		chaosJSON(t, w.key, http.MethodGet, base+"/spaces/"+at[0]+"/sessions/"+at[1]+"/messages", "", http.StatusOK, &recs)
-		var meta struct{ TurnCount int }
-		chaosJSON(t, w.key, http.MethodGet, base+"/spaces/"+at[0]+"/sessions/"+at[1], "", http.StatusOK, &meta)
+		var recs []client.Message
+		if err := untilServed(func(ctx context.Context) (err error) {
+			recs, err = c.Messages(ctx, at[0], at[1], 0, 0)
+			return err
+		}); err != nil {
+			t.Fatalf("messages of %s: %v", at[1], err)
+		}
+		var meta *client.SessionMeta
+		if err := untilServed(func(ctx context.Context) (err error) {
+			meta, err = c.Session(ctx, at[0], at[1])
+			return err
+		}); err != nil {
+			t.Fatalf("session %s: %v", at[1], err)
+		}
 		nUser := 0
 		for i, r := range recs {
 			want := "user"
@@ -500,6 +484,20 @@ func checkStored(t *testing.T, w *chaosWorld, base string) {
 	t.Logf("sent %d turns, %d confirmed, %d stored; outcomes %v", len(w.sent), len(w.confirmed), len(users), w.outcomes)
 }
 
+// turnEverywhere runs one turn on every session, which must succeed.
+func turnEverywhere(t *testing.T, w *chaosWorld, base, input string) {
+	t.Helper()
+	c := chaosClient(base, w.key)
+	for _, at := range w.sessions {
+		if err := untilServed(func(ctx context.Context) error {
+			_, err := c.Turn(ctx, at[0], at[1], input)
+			return err
+		}); err != nil {
+			t.Fatalf("turn on %s %q: %v", at[1], input, err)
+		}
+	}
+}
+
 // waitConfirmed waits until at least n turns were confirmed since the call.
 func waitConfirmed(t *testing.T, w *chaosWorld, n int) {
 	t.Helper()
@@ -538,10 +536,7 @@ func TestChaosKillMidLoadAndRestart(t *testing.T) {
 	checkStored(t, w, q.base)
 
 	// The restarted server takes turns on every session again.
-	for _, at := range w.sessions {
-		chaosJSON(t, w.key, http.MethodPost, q.base+"/spaces/"+at[0]+"/sessions/"+at[1]+"/turn",
-			`{"input":"after the restart"}`, http.StatusOK, nil)
-	}
+	turnEverywhere(t, w, q.base, "after the restart")
 }
 
 func TestChaosDatabasePausedMidLoad(t *testing.T) {
@@ -577,8 +572,5 @@ func TestChaosDatabasePausedMidLoad(t *testing.T) {
 		t.Errorf("forbidden outcome: %s", b)
 	}
 	checkStored(t, w, p.base)
-	for _, at := range w.sessions {
-		chaosJSON(t, w.key, http.MethodPost, p.base+"/spaces/"+at[0]+"/sessions/"+at[1]+"/turn",
-			`{"input":"after the pause"}`, http.StatusOK, nil)
-	}
+	turnEverywhere(t, w, p.base, "after the pause")
 }

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"net/http"
 	"sync"
 	"testing"
@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
@@ -23,33 +24,41 @@ func TestServeFrozenDatabaseAnswersUnavailableThenRecovers(t *testing.T) {
 	_, key := createUser(t, pg.URL(), "frozen")
 	createSpace(t, p, key, "before") // also caches the key
 
+	c := p.api(key)
+	list := func(ctx context.Context) error { _, err := c.ListSpaces(ctx); return err }
+	create := func(ctx context.Context) error {
+		_, err := c.CreateSpace(ctx, client.SpaceInput{Label: "during"})
+		return err
+	}
 	pg.Pause(t)
 	var wg sync.WaitGroup
-	for _, req := range []struct{ method, path, body string }{
-		{http.MethodGet, "/spaces", ""},
-		{http.MethodPost, "/spaces", `{"label":"during"}`},
-		{http.MethodGet, "/spaces", ""},
-		{http.MethodPost, "/spaces", `{"label":"during"}`},
-	} {
+	for _, req := range []struct {
+		what string
+		do   func(context.Context) error
+	}{{"GET /spaces", list}, {"POST /spaces", create}, {"GET /spaces", list}, {"POST /spaces", create}} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
 			begin := time.Now()
-			code, body := httpDo(t, req.method, p.url(req.path), key, req.body)
+			err := req.do(ctx)
 			took := time.Since(begin)
-			assert.Equal(t, http.StatusServiceUnavailable, code, "%s %s: %s", req.method, req.path, body)
-			var e struct{ Code string }
-			_ = json.Unmarshal([]byte(body), &e)
-			assert.Equal(t, "UNAVAILABLE", e.Code, body)
-			assert.Less(t, took, 5*time.Second, "%s %s answered after %v", req.method, req.path, took)
+			var apiErr *client.Error
+			if assert.ErrorAs(t, err, &apiErr, req.what) {
+				assert.Equal(t, http.StatusServiceUnavailable, apiErr.Status, "%s: %v", req.what, err)
+				assert.Equal(t, "UNAVAILABLE", apiErr.Code, "%s: %v", req.what, err)
+			}
+			assert.Less(t, took, 5*time.Second, "%s answered after %v", req.what, took)
 		}()
 	}
 	wg.Wait()
 	pg.Resume(t)
 
 	require.Eventually(t, func() bool {
-		code, _ := httpDo(t, http.MethodGet, p.url("/spaces"), key, "")
-		return code == http.StatusOK
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return list(ctx) == nil
 	}, 30*time.Second, 50*time.Millisecond)
 	createSpace(t, p, key, "after")
 }

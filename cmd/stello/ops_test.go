@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -44,8 +43,7 @@ func TestServeTwoProcessesShareEmbeddedDatabase(t *testing.T) {
 	require.NoError(t, first.stop(t))
 	_, ok := runningPort(dir)
 	require.True(t, ok, "the database outlives the process that started it while another uses it")
-	code, body := httpDo(t, http.MethodGet, second.url("/readyz"), "", "")
-	assert.Equal(t, http.StatusOK, code, body)
+	assert.NoError(t, second.api("").Ready(callCtx(t)))
 	createSpace(t, second, key, "after the first stopped")
 
 	require.NoError(t, second.stop(t))
@@ -64,8 +62,7 @@ func TestCLIDoesNotStopEmbeddedDatabaseUsedByServer(t *testing.T) {
 	p := startServe(t, "--data-dir", dir, "--database-url", "")
 	_, stderr, err := cli(t, "users", "create", "--name", "bob", "--data-dir", dir, "--database-url", "")
 	require.NoError(t, err, stderr)
-	code, body := httpDo(t, http.MethodGet, p.url("/readyz"), "", "")
-	assert.Equal(t, http.StatusOK, code, body)
+	assert.NoError(t, p.api("").Ready(callCtx(t)))
 }
 
 // CLI commands say on stderr which database they used: the embedded one's

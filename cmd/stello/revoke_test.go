@@ -1,59 +1,66 @@
 package main
 
 import (
-	"errors"
 	"net/http"
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
 // openWS opens a space's WebSocket with key and waits until the server has
-// registered it (one exchange).
-func openWS(t *testing.T, p *serveProc, key, spaceID string) *websocket.Conn {
+// registered it: one exchange (leaving before entering is refused with
+// NOT_ENTERED).
+func openWS(t *testing.T, p *serveProc, key, spaceID string) *client.Conn {
 	t.Helper()
-	hdr := http.Header{}
-	hdr.Set("X-API-Key", key)
-	ws, res, err := websocket.DefaultDialer.DialContext(t.Context(), "ws://"+p.addr+"/spaces/"+spaceID+"/ws", hdr)
+	conn, err := p.api(key).Dial(callCtx(t), spaceID)
 	require.NoError(t, err)
-	res.Body.Close()
-	t.Cleanup(func() { ws.Close() })
-	require.NoError(t, ws.WriteJSON(map[string]string{"type": "no.such.type", "id": "probe"}))
-	require.NoError(t, ws.SetReadDeadline(time.Now().Add(30*time.Second)))
-	var reply map[string]any
-	require.NoError(t, ws.ReadJSON(&reply))
-	require.Equal(t, "probe", reply["id"])
-	return ws
+	t.Cleanup(func() { _ = conn.Close() })
+	requireOpen(t, conn)
+	return conn
 }
 
-// closeCode reads until the connection ends before deadline and returns
-// its close code (0 when it ended without a close frame, or did not end).
-func closeCode(t *testing.T, ws *websocket.Conn, deadline time.Time) int {
+// requireOpen requires the connection to still answer.
+func requireOpen(t *testing.T, conn *client.Conn) {
 	t.Helper()
-	require.NoError(t, ws.SetReadDeadline(deadline))
-	for {
-		if _, _, err := ws.ReadMessage(); err != nil {
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) {
-				return ce.Code
-			}
-			t.Logf("connection ended without a close frame: %v", err)
-			return 0
-		}
+	err := conn.Leave(callCtx(t))
+	require.ErrorIs(t, err, client.ErrNotEntered, "the connection answers")
+}
+
+// closeCode waits until the connection ends before deadline and returns
+// its close code (0 when it ended without a close frame, or did not end).
+func closeCode(t *testing.T, conn *client.Conn, deadline time.Time) int {
+	t.Helper()
+	select {
+	case <-conn.Done():
+	case <-time.After(time.Until(deadline)):
+		t.Log("the connection did not end in time")
+		return 0
 	}
+	ce := conn.CloseError()
+	if ce == nil {
+		t.Log("connection ended without a close frame")
+		return 0
+	}
+	return ce.Code
 }
 
 // untilStatus polls GET /spaces with key until it answers want, or the
 // deadline passes; it returns the last status.
 func untilStatus(t *testing.T, p *serveProc, key string, want int, deadline time.Time) int {
 	t.Helper()
+	c := p.api(key)
 	for {
-		code, _ := httpDo(t, http.MethodGet, p.url("/spaces"), key, "")
+		code := http.StatusOK
+		if _, err := c.ListSpaces(callCtx(t)); err != nil {
+			var apiErr *client.Error
+			require.ErrorAs(t, err, &apiErr, "an answer of the server")
+			code = apiErr.Status
+		}
 		if code == want || time.Now().After(deadline) {
 			return code
 		}
@@ -81,12 +88,9 @@ func TestKeysRevokeReachesServerWithinASecond(t *testing.T) {
 	assert.Equal(t, 4401, closeCode(t, ws, revoked.Add(time.Second)), "close code of the revoked key's WebSocket")
 	assert.Equal(t, http.StatusUnauthorized, untilStatus(t, p, key, http.StatusUnauthorized, revoked.Add(time.Second)))
 
-	code, _ := httpDo(t, http.MethodGet, p.url("/spaces"), otherKey, "")
-	assert.Equal(t, http.StatusOK, code, "another user's key")
-	require.NoError(t, otherWS.WriteJSON(map[string]string{"type": "no.such.type", "id": "still-open"}))
-	var reply map[string]any
-	require.NoError(t, otherWS.ReadJSON(&reply), "another user's WebSocket stays open")
-	assert.Equal(t, "still-open", reply["id"])
+	_, err := p.api(otherKey).ListSpaces(callCtx(t))
+	assert.NoError(t, err, "another user's key")
+	requireOpen(t, otherWS) // another user's WebSocket stays open
 }
 
 // `stello keys rotate` closes WebSockets opened with the old key with 4401
@@ -110,11 +114,7 @@ func TestKeysRotateReachesServerWithinASecond(t *testing.T) {
 
 	assert.Equal(t, 4401, closeCode(t, oldWS, rotated.Add(time.Second)), "close code of the old key's WebSocket")
 	assert.Equal(t, http.StatusUnauthorized, untilStatus(t, p, oldKey, http.StatusUnauthorized, rotated.Add(time.Second)))
-	code, body := httpDo(t, http.MethodGet, p.url("/spaces"), newKey, "")
-	assert.Equal(t, http.StatusOK, code, body)
-	require.NoError(t, newWS.WriteJSON(map[string]string{"type": "no.such.type", "id": "new"}))
-	var reply map[string]any
-	require.NoError(t, newWS.SetReadDeadline(time.Now().Add(10*time.Second)))
-	require.NoError(t, newWS.ReadJSON(&reply), "the new key's WebSocket stays open")
-	assert.Equal(t, "new", reply["id"])
+	_, err := p.api(newKey).ListSpaces(callCtx(t))
+	assert.NoError(t, err, "the new key")
+	requireOpen(t, newWS) // the new key's WebSocket stays open
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -17,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
 
@@ -86,6 +85,19 @@ func (p *serveProc) stop(t *testing.T) error {
 
 func (p *serveProc) url(path string) string { return "http://" + p.addr + path }
 
+// api returns a Go client of the server with key (none when empty).
+func (p *serveProc) api(key string) *client.Client { return client.New(p.url(""), key) }
+
+// callCtx bounds one call of a test to a minute.
+func callCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// httpDo sends a raw request: for what the Go client does not cover, the
+// admin listener's /metrics and /debug/pprof/ routes.
 func httpDo(t *testing.T, method, url, key, body string) (int, string) {
 	t.Helper()
 	var r io.Reader
@@ -111,13 +123,20 @@ func httpDo(t *testing.T, method, url, key, body string) (int, string) {
 // createSpace creates a space over REST and returns its id.
 func createSpace(t *testing.T, p *serveProc, key, label string) string {
 	t.Helper()
-	code, body := httpDo(t, http.MethodPost, p.url("/spaces"), key, `{"label":"`+label+`","systemPrompt":"be brief"}`)
-	require.Equal(t, http.StatusCreated, code, body)
-	var sp map[string]any
-	require.NoError(t, json.Unmarshal([]byte(body), &sp))
-	id, _ := sp["id"].(string)
-	require.NotEmpty(t, id, body)
-	return id
+	sp, err := p.api(key).CreateSpace(callCtx(t), client.SpaceInput{Label: label, SystemPrompt: client.String("be brief")})
+	require.NoError(t, err)
+	require.NotEmpty(t, sp.ID)
+	return sp.ID
+}
+
+// requireAPIError requires err to be the server's answer with status and
+// code.
+func requireAPIError(t *testing.T, err error, status int, code string) {
+	t.Helper()
+	var apiErr *client.Error
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, status, apiErr.Status, "status")
+	assert.Equal(t, code, apiErr.Code, "code")
 }
 
 func assertPortClosed(t *testing.T, addr string) {
@@ -134,46 +153,42 @@ func TestServeEndToEndAndGracefulShutdown(t *testing.T) {
 	url := pgtest.NewDatabase(t) // not migrated: serve migrates at start-up
 	p := startServe(t, "--database-url", url)
 
-	code, body := httpDo(t, http.MethodGet, p.url("/healthz"), "", "")
-	assert.Equal(t, http.StatusOK, code, body)
-	code, body = httpDo(t, http.MethodGet, p.url("/readyz"), "", "")
-	assert.Equal(t, http.StatusOK, code, body)
-	code, body = httpDo(t, http.MethodGet, p.url("/metrics"), "", "")
-	assert.Equal(t, http.StatusOK, code)
+	anon := p.api("")
+	assert.NoError(t, anon.Health(callCtx(t)))
+	assert.NoError(t, anon.Ready(callCtx(t)))
+	body, err := anon.Metrics(callCtx(t))
+	assert.NoError(t, err)
 	assert.Contains(t, body, "stello_active_actors")
 	assert.Contains(t, body, "stello_http_requests_total")
 
 	// Unauthenticated API calls are refused.
-	code, _ = httpDo(t, http.MethodGet, p.url("/spaces"), "", "")
-	assert.Equal(t, http.StatusUnauthorized, code)
+	_, err = anon.ListSpaces(callCtx(t))
+	requireAPIError(t, err, http.StatusUnauthorized, "UNAUTHORIZED")
 
 	// A user made with the store (on the database serve migrated) works.
 	st := openStore(t, url)
 	u, key, err := st.CreateUser(t.Context(), "alice")
 	require.NoError(t, err)
+	c := p.api(key)
 	id := createSpace(t, p, key, "From the CLI test")
-	code, body = httpDo(t, http.MethodGet, p.url("/spaces"), key, "")
-	require.Equal(t, http.StatusOK, code, body)
-	var spaces []map[string]any
-	require.NoError(t, json.Unmarshal([]byte(body), &spaces))
+	spaces, err := c.ListSpaces(callCtx(t))
+	require.NoError(t, err)
 	require.Len(t, spaces, 1)
-	assert.Equal(t, id, spaces[0]["id"])
-	assert.Equal(t, u.ID, spaces[0]["userId"])
+	assert.Equal(t, id, spaces[0].ID)
+	assert.Equal(t, u.ID, spaces[0].UserID)
 
 	// A turn with the fake model is persisted.
-	code, body = httpDo(t, http.MethodGet, p.url("/spaces/"+id+"/sessions"), key, "")
-	require.Equal(t, http.StatusOK, code, body)
-	var tree map[string]any
-	require.NoError(t, json.Unmarshal([]byte(body), &tree))
-	rootID, _ := tree["id"].(string)
-	require.NotEmpty(t, rootID, body)
-	code, body = httpDo(t, http.MethodPost, p.url("/spaces/"+id+"/sessions/"+rootID+"/turn"), key, `{"input":"hello"}`)
-	require.Equal(t, http.StatusOK, code, body)
-	recs, err := st.ListRecords(t.Context(), id, rootID, 0, 0)
+	tree, err := c.Tree(callCtx(t), id)
+	require.NoError(t, err)
+	require.NotEmpty(t, tree.ID)
+	_, err = c.Turn(callCtx(t), id, tree.ID, "hello")
+	require.NoError(t, err)
+	recs, err := st.ListRecords(t.Context(), id, tree.ID, 0, 0)
 	require.NoError(t, err)
 	assert.Len(t, recs, 2)
 
-	_, body = httpDo(t, http.MethodGet, p.url("/metrics"), "", "")
+	body, err = anon.Metrics(callCtx(t))
+	require.NoError(t, err)
 	assert.Regexp(t, `stello_http_requests_total\{method="POST",route="/spaces",status="201"\} 1`, body)
 	assert.Regexp(t, `stello_http_requests_total\{method="POST",route="/spaces/\{spaceId\}/sessions/\{id\}/turn",status="200"\} 1`, body)
 	assert.NotContains(t, body, id, "routes are labelled by pattern, not by id")
@@ -193,35 +208,12 @@ func TestServeClosesWebSocketsWith1001OnShutdown(t *testing.T) {
 	require.NoError(t, err)
 	id := createSpace(t, p, key, "ws")
 
-	hdr := http.Header{}
-	hdr.Set("X-API-Key", key)
-	ws, res, err := websocket.DefaultDialer.DialContext(t.Context(), "ws://"+p.addr+"/spaces/"+id+"/ws", hdr)
-	require.NoError(t, err)
-	res.Body.Close()
-	defer ws.Close()
-
-	// One exchange, so the server has registered the connection.
-	require.NoError(t, ws.WriteJSON(map[string]string{"type": "no.such.type", "id": "probe"}))
-	require.NoError(t, ws.SetReadDeadline(time.Now().Add(30*time.Second)))
-	var reply map[string]any
-	require.NoError(t, ws.ReadJSON(&reply))
-	assert.Equal(t, "error", reply["type"])
-	assert.Equal(t, "probe", reply["id"])
-	assert.Equal(t, "UNKNOWN_TYPE", reply["code"])
+	conn := openWS(t, p, key, id)
 
 	p.cancel() // begin the shutdown; stop below waits for it
 
-	// Read until the connection ends: it must end with a 1001 close frame.
-	var closeErr *websocket.CloseError
-	for {
-		_, msg, err := ws.ReadMessage()
-		if err != nil {
-			require.True(t, errors.As(err, &closeErr), "connection ended without a close frame: %v", err)
-			break
-		}
-		t.Logf("message before close: %s", msg)
-	}
-	assert.Equal(t, websocket.CloseGoingAway, closeErr.Code, "close code")
+	// The connection must end with a 1001 close frame.
+	assert.Equal(t, websocket.CloseGoingAway, closeCode(t, conn, time.Now().Add(time.Minute)), "close code")
 
 	require.NoError(t, p.stop(t))
 	assertPortClosed(t, p.addr)
@@ -238,8 +230,7 @@ func TestServeEmbeddedPostgres(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 
 	p := startServe(t, "--data-dir", dir, "--database-url", "")
-	code, body := httpDo(t, http.MethodGet, p.url("/readyz"), "", "")
-	require.Equal(t, http.StatusOK, code, body)
+	require.NoError(t, p.api("").Ready(callCtx(t)))
 	port, ok := runningPort(dir)
 	require.True(t, ok, "postmaster.pid of a live server in the data dir")
 
@@ -250,9 +241,10 @@ func TestServeEmbeddedPostgres(t *testing.T) {
 	decodeLine(t, out, &got)
 	key := got["apiKey"]
 	require.NotEmpty(t, key, out)
-	code, body = httpDo(t, http.MethodGet, p.url("/spaces"), key, "")
-	require.Equal(t, http.StatusOK, code, body)
-	assert.JSONEq(t, `[]`, body)
+	spaces, err := p.api(key).ListSpaces(callCtx(t))
+	require.NoError(t, err)
+	assert.NotNil(t, spaces, "an empty list is [], not null")
+	assert.Empty(t, spaces)
 	createSpace(t, p, key, "embedded")
 	again, ok := runningPort(dir)
 	require.True(t, ok, "the server is still running after the second command")

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"slices"
@@ -18,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/bench/mockllm"
+	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/pgstore/pgtest"
 )
@@ -47,36 +46,10 @@ var (
 	keyRe    = regexp.MustCompile(`api key: (\S+)\n`)
 )
 
-// call sends one JSON request with the API key and decodes the answer.
-func call(t *testing.T, method, url, key string, body, out any) int {
-	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		require.NoError(t, err)
-		rd = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
-	require.NoError(t, err)
-	req.Header.Set("X-API-Key", key)
-	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	require.NoError(t, err)
-	if out != nil && res.StatusCode < 300 {
-		require.NoError(t, json.Unmarshal(raw, out), "body: %s", raw)
-	}
-	return res.StatusCode
-}
-
 // TestEmbedCallsTheCustomTool runs the example program against a real
 // database and an OpenAI-compatible mock model scripted to call
-// lookup_weather, and checks over HTTP that the tool ran in the space whose
-// config asks for it, and only there.
+// lookup_weather, and checks through the Go client that the tool ran in
+// the space whose config asks for it, and only there.
 func TestEmbedCallsTheCustomTool(t *testing.T) {
 	mock := mockllm.New(mockllm.Config{})
 	model := httptest.NewServer(mock)
@@ -110,42 +83,23 @@ func TestEmbedCallsTheCustomTool(t *testing.T) {
 		return true
 	}, 2*time.Minute, 10*time.Millisecond)
 
-	type space struct {
-		ID string `json:"id"`
-	}
-	type node struct {
-		ID string `json:"id"`
-	}
-	type turn struct {
-		Turn struct {
-			FinalContent      *string `json:"finalContent"`
-			ToolCallsExecuted int     `json:"toolCallsExecuted"`
-		} `json:"turn"`
-	}
-	type message struct {
-		Role      string `json:"role"`
-		Content   string `json:"content"`
-		ToolCalls []struct {
-			Name string `json:"name"`
-		} `json:"toolCalls"`
-		ToolCallID string `json:"toolCallId"`
-	}
+	c := client.New(base, key)
+	cctx, cancelCalls := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancelCalls()
 
 	// A space whose config asks for the tool.
-	var trip space
-	require.Equal(t, http.StatusCreated, call(t, "POST", base+"/spaces", key,
-		map[string]any{"label": "Trip", "config": map[string]any{"tools": []string{"lookup_weather"}}}, &trip))
-	var root node
-	require.Equal(t, http.StatusOK, call(t, "GET", base+"/spaces/"+trip.ID+"/sessions", key, nil, &root))
-	var res turn
-	require.Equal(t, http.StatusOK, call(t, "POST", base+"/spaces/"+trip.ID+"/sessions/"+root.ID+"/turn", key,
-		map[string]string{"input": "What is the weather in Paris?"}, &res))
+	trip, err := c.CreateSpace(cctx, client.SpaceInput{Label: "Trip", Config: json.RawMessage(`{"tools":["lookup_weather"]}`)})
+	require.NoError(t, err)
+	root, err := c.Tree(cctx, trip.ID)
+	require.NoError(t, err)
+	res, err := c.Turn(cctx, trip.ID, root.ID, "What is the weather in Paris?")
+	require.NoError(t, err)
 	assert.Equal(t, 1, res.Turn.ToolCallsExecuted)
 	require.NotNil(t, res.Turn.FinalContent)
 	assert.Equal(t, "It is sunny in Paris, 21°C.", *res.Turn.FinalContent)
 
-	var msgs []message
-	require.Equal(t, http.StatusOK, call(t, "GET", base+"/spaces/"+trip.ID+"/sessions/"+root.ID+"/messages", key, nil, &msgs))
+	msgs, err := c.Messages(cctx, trip.ID, root.ID, 0, 0)
+	require.NoError(t, err)
 	require.Len(t, msgs, 4, "user, assistant's tool call, tool result, final answer")
 	assert.Equal(t, "user", msgs[0].Role)
 	require.Len(t, msgs[1].ToolCalls, 1)
@@ -166,11 +120,12 @@ func TestEmbedCallsTheCustomTool(t *testing.T) {
 	assert.Contains(t, last.Content, "sunny", "the tool's result went back to the model")
 
 	// A space without the config gets neither the tool nor the prompt.
-	var plain space
-	require.Equal(t, http.StatusCreated, call(t, "POST", base+"/spaces", key, map[string]any{"label": "Plain"}, &plain))
-	require.Equal(t, http.StatusOK, call(t, "GET", base+"/spaces/"+plain.ID+"/sessions", key, nil, &root))
-	require.Equal(t, http.StatusOK, call(t, "POST", base+"/spaces/"+plain.ID+"/sessions/"+root.ID+"/turn", key,
-		map[string]string{"input": "Hello"}, &res))
+	plain, err := c.CreateSpace(cctx, client.SpaceInput{Label: "Plain"})
+	require.NoError(t, err)
+	root, err = c.Tree(cctx, plain.ID)
+	require.NoError(t, err)
+	_, err = c.Turn(cctx, plain.ID, root.ID, "Hello")
+	require.NoError(t, err)
 	reqs = mock.Requests()
 	require.Len(t, reqs, 3)
 	assert.False(t, slices.Contains(reqs[2].Tools, "lookup_weather"), "tools offered: %v", reqs[2].Tools)
