@@ -90,14 +90,23 @@ func (c *wsConn) messageSpan(typ string) (context.Context, trace.Span) {
 		return ctx, span
 	}
 	c.span = span
-	if c.upgrade.IsValid() {
-		span.AddLink(trace.Link{SpanContext: c.upgrade})
+	if c.upgrade != nil {
+		span.AddLink(trace.Link{SpanContext: *c.upgrade})
 	}
 	span.SetAttributes(attribute.String("stello.ws.message_type", typ), spans.SpaceID.String(c.spaceID))
 	if c.entered != "" {
 		span.SetAttributes(spans.SessionID.String(c.entered))
 	}
 	return ctx, span
+}
+
+// upgradeSpan is the span context of a WebSocket upgrade request, nil
+// when it has none (then an idle connection holds no copy of it).
+func upgradeSpan(r *http.Request) *trace.SpanContext {
+	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+		return &sc
+	}
+	return nil
 }
 
 // endMessageSpan ends the span of the message handled.

@@ -60,8 +60,8 @@ type wsConn struct {
 	turns    atomic.Int32
 	lastSeen atomic.Int64
 
-	upgrade trace.SpanContext // the upgrade request's span, linked from every message's
-	span    trace.Span        // the message being handled, while it records; owned by the reader goroutine
+	upgrade *trace.SpanContext // the upgrade request's span (when valid), linked from every message's
+	span    trace.Span         // the message being handled, while it records; owned by the reader goroutine
 }
 
 type closeReq struct {
@@ -84,7 +84,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), gone: make(chan struct{}), room: make(chan struct{}, 1),
-		upgrade: trace.SpanContextFromContext(r.Context())}
+		upgrade: upgradeSpan(r)}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
 		return
