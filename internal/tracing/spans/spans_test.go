@@ -101,7 +101,7 @@ func TestFail(t *testing.T) {
 	assert.Equal(t, "exception", ended[1].Events()[0].Name)
 	attrs := map[string]string{}
 	for _, a := range ended[1].Attributes() {
-		attrs[string(a.Key)] = a.Value.Emit()
+		attrs[string(a.Key)] = a.Value.AsString()
 	}
 	assert.Equal(t, "LLM_ERROR", attrs["stello.error.code"])
 	assert.Equal(t, "LLM_ERROR", attrs["error.type"])
