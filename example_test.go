@@ -8,6 +8,11 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
 	"github.com/stellohq/stello"
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/openai"
@@ -153,4 +158,27 @@ func ExampleConfig_model() {
 	cfg := stello.Config{DatabaseURL: os.Getenv("DATABASE_URL"), Model: model}
 	// --- end ---
 	_ = cfg
+}
+
+// Tracing: the program installs its own OpenTelemetry provider and
+// propagator; the server's spans use them.
+func Example_tracing() {
+	ctx := context.Background()
+	// --- embedding.md: tracing ---
+	exporter, err := otlptracehttp.New(ctx) // reads OTEL_EXPORTER_OTLP_ENDPOINT and the other OTEL_* variables
+	if err != nil {
+		log.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter))
+	defer tp.Shutdown(context.Background()) // runs after srv.Close: flushes the last spans
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+
+	srv, err := stello.New(ctx, stello.Config{DatabaseURL: os.Getenv("DATABASE_URL")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close(context.Background())
+	// --- end ---
+	log.Fatal(srv.ListenAndServe("127.0.0.1:8080"))
 }

@@ -150,15 +150,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 	if strings.TrimSpace(req.Input) == "" {
 		return TurnResult{}, &FieldError{Field: "input", Msg: "is required and must be non-empty"}
 	}
-	hist := req.History
-	if hist == nil {
-		h, err := e.LoadHistory(ctx, req.Space.ID, req.Session.Meta.ID)
-		if err != nil {
-			return TurnResult{}, err
-		}
-		hist = h
-	}
-	msgs, hist, histAt, err := e.assemble(ctx, req, hist)
+	msgs, hist, histAt, err := e.turnContext(ctx, req)
 	if err != nil {
 		return TurnResult{}, err
 	}
@@ -190,7 +182,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 		msgs = append(msgs, asst)
 		recs = append(recs, Record{Role: llm.RoleAssistant, Content: resp.Content, ToolCalls: calls})
 		for _, tc := range calls {
-			out, _ := e.tools.Call(ctx, env, tc.Name, tc.Input)
+			out := e.callTool(ctx, env, tc)
 			res.ToolCallsExecuted++
 			msgs = append(msgs, llm.Message{Role: llm.RoleTool, Content: out, ToolCallID: tc.ID})
 			recs = append(recs, Record{Role: llm.RoleTool, Content: out, ToolCallID: tc.ID})
@@ -203,7 +195,7 @@ func (e *Engine) Turn(ctx context.Context, req TurnRequest) (TurnResult, error) 
 	for i := range recs {
 		recs[i].CreatedAt = at
 	}
-	turns, ids, err := e.store.CommitTurn(ctx, TurnCommit{SpaceID: req.Space.ID, SessionID: req.Session.Meta.ID,
+	turns, ids, err := e.commitTurn(ctx, TurnCommit{SpaceID: req.Space.ID, SessionID: req.Session.Meta.ID,
 		Records: recs, ConsumedInsight: req.Session.Data.Insight, At: at, Log: req.Log.completed(res, at)})
 	if err != nil {
 		return TurnResult{}, ctxErr(ctx, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/session"
@@ -38,8 +39,9 @@ type memoryDone struct {
 type integrateTick struct{}
 
 // startConsolidation runs a consolidation task. reply nil means automatic:
-// then at most one runs per session, and failures are only logged.
-func (s *spaceActor) startConsolidation(n *node, reply chan result) {
+// then at most one runs per session, and failures are only logged. Its
+// span is a child of parent (when valid).
+func (s *spaceActor) startConsolidation(n *node, reply chan result, parent trace.SpanContext) {
 	auto := reply == nil
 	if auto {
 		if s.mem.consolidating == nil {
@@ -54,9 +56,12 @@ func (s *spaceActor) startConsolidation(n *node, reply chan result) {
 	sp, st, setup := s.space, session.State{Meta: n.meta, Data: n.data}, s.setup
 	engine, timeout := s.m.engine, s.m.opts.MemoryTimeout
 	s.task(func(ctx context.Context) any {
+		ctx, span := memorySpan(ctx, parent, "consolidate", sp.ID, st.Meta.ID, auto)
+		defer span.End()
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		res, err := engine.ConsolidateFor(ctx, setup, sp, st)
+		memoryFailed(span, err)
 		s.m.observeMemory("consolidate", err)
 		return &memoryDone{kind: kindConsolidate, sessionID: st.Meta.ID, auto: auto, cons: res, err: err, reply: reply}
 	}, func(err error) any {
@@ -65,7 +70,9 @@ func (s *spaceActor) startConsolidation(n *node, reply chan result) {
 	})
 }
 
-func (s *spaceActor) startIntegration(reply chan result) {
+// startIntegration runs an integration task; reply nil means automatic.
+// Its span is a child of parent (when valid).
+func (s *spaceActor) startIntegration(reply chan result, parent trace.SpanContext) {
 	if reply == nil {
 		if s.mem.integrating {
 			s.mem.again = true
@@ -77,9 +84,12 @@ func (s *spaceActor) startIntegration(reply chan result) {
 	sp, root, setup := s.space, session.State{Meta: s.tree.root.meta, Data: s.tree.root.data}, s.setup
 	engine, timeout := s.m.engine, s.m.opts.MemoryTimeout
 	s.task(func(ctx context.Context) any {
+		ctx, span := memorySpan(ctx, parent, "integrate", sp.ID, "", reply == nil)
+		defer span.End()
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		res, err := engine.IntegrateFor(ctx, setup, sp, root)
+		memoryFailed(span, err)
 		s.m.observeMemory("integrate", err)
 		return &memoryDone{kind: kindIntegrate, auto: reply == nil, integ: res, err: err, reply: reply}
 	}, func(err error) any {
@@ -106,7 +116,7 @@ func (s *spaceActor) maybeIntegrate() {
 	}
 	s.mem.scheduled = false
 	s.work--
-	s.startIntegration(nil)
+	s.startIntegration(nil, trace.SpanContext{})
 }
 
 func (s *spaceActor) finishMemory(d *memoryDone) {
@@ -150,7 +160,7 @@ func (s *spaceActor) finishMemory(d *memoryDone) {
 		}
 		if d.auto && s.mem.again {
 			s.mem.again = false
-			s.startIntegration(nil)
+			s.startIntegration(nil, trace.SpanContext{})
 		}
 	}
 	if d.reply != nil {
@@ -170,6 +180,7 @@ func (s *spaceActor) finishMemory(d *memoryDone) {
 // Consolidate consolidates a session now and waits for the new memory.
 func (m *Manager) Consolidate(ctx context.Context, userID, spaceID, sessionID string) (*string, error) {
 	reply := make(chan result, 1)
+	parent := trace.SpanContextFromContext(ctx)
 	if _, err := m.do(ctx, userID, spaceID, func(s *spaceActor) (any, error) {
 		if m.engine == nil {
 			return nil, ErrNoEngine
@@ -178,7 +189,7 @@ func (m *Manager) Consolidate(ctx context.Context, userID, spaceID, sessionID st
 		if err != nil {
 			return nil, err
 		}
-		s.startConsolidation(n, reply)
+		s.startConsolidation(n, reply, parent)
 		return nil, nil
 	}); err != nil {
 		return nil, err
@@ -197,11 +208,12 @@ func (m *Manager) Consolidate(ctx context.Context, userID, spaceID, sessionID st
 // Integrate integrates the space now and waits for the result.
 func (m *Manager) Integrate(ctx context.Context, userID, spaceID string) (session.IntegrateResult, error) {
 	reply := make(chan result, 1)
+	parent := trace.SpanContextFromContext(ctx)
 	if _, err := m.do(ctx, userID, spaceID, func(s *spaceActor) (any, error) {
 		if m.engine == nil {
 			return nil, ErrNoEngine
 		}
-		s.startIntegration(reply)
+		s.startIntegration(reply, parent)
 		return nil, nil
 	}); err != nil {
 		return session.IntegrateResult{}, err

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stellohq/stello/session"
 )
 
@@ -33,6 +35,10 @@ type turnRun struct {
 	cancel       context.CancelFunc // set while running
 	cancelled    bool               // a cancel was asked for
 	cancelWaiter []func(session.TurnLog)
+
+	// The turn's spans (nil when not traced): set on acceptance, the wait
+	// ended when the turn starts, both ended by finish.
+	span, wait trace.Span
 
 	mu        sync.Mutex
 	text      []byte
@@ -94,6 +100,7 @@ func (r *turnRun) finish(res session.TurnResult, err error) {
 	r.followers = nil
 	r.text = nil
 	r.mu.Unlock()
+	r.endSpans(res, err)
 	for _, f := range fs {
 		if f.Then != nil {
 			f.Then(res, err)

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/internal/apierr"
@@ -58,7 +59,8 @@ type turnCall struct {
 	sessionID string
 	input     string
 	o         TurnOptions
-	accepted  chan acceptance // buffered: the actor never waits
+	accepted  chan acceptance   // buffered: the actor never waits
+	parent    trace.SpanContext // the submitter's span: the turn's span is its child
 }
 
 // acceptance is the actor's answer to a turnCall: the turn's id, or an
@@ -167,7 +169,8 @@ func (m *Manager) SubmitTurn(ctx context.Context, userID, spaceID, sessionID, in
 			user.Then(res, err)
 		}
 	}
-	tc := &turnCall{userID: userID, sessionID: sessionID, input: input, o: o, accepted: make(chan acceptance, 1)}
+	tc := &turnCall{userID: userID, sessionID: sessionID, input: input, o: o, accepted: make(chan acceptance, 1),
+		parent: trace.SpanContextFromContext(ctx)}
 	if err := m.sys.Send(spaceID, tc); err != nil {
 		return nil, mapSendErr(err)
 	}
@@ -342,6 +345,7 @@ func (s *spaceActor) enqueue(tc *turnCall) {
 		}
 		s.keys[runKey(n.meta.ID, k)] = r
 	}
+	r.startSpans(tc.parent)
 	r.follow(0, tc.o.Follower)
 	tc.answer(acceptance{id: r.log.ID})
 	s.work++
@@ -374,7 +378,11 @@ func (s *spaceActor) startTurn(n *node, r *turnRun) {
 	}
 	engine, timeout := s.m.engine, s.m.opts.TurnTimeout
 	m := s.m
+	span := r.started()
 	s.task(func(ctx context.Context) any {
+		if span != nil {
+			ctx = trace.ContextWithSpan(ctx, span)
+		}
 		ctx, cancelTurn := context.WithTimeout(ctx, timeout)
 		defer cancelTurn()
 		stop := context.AfterFunc(cctx, cancelTurn)
@@ -530,7 +538,7 @@ func (s *spaceActor) finishTurn(d *turnDone) {
 	}
 	s.startNext(n)
 	if d.err == nil && s.m.opts.ConsolidateEvery > 0 && d.res.TurnCount%s.m.opts.ConsolidateEvery == 0 {
-		s.startConsolidation(n, nil)
+		s.startConsolidation(n, nil, r.spanContext())
 	}
 }
 

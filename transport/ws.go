@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/session"
@@ -58,6 +59,9 @@ type wsConn struct {
 	entered  string // owned by the reader goroutine
 	turns    atomic.Int32
 	lastSeen atomic.Int64
+
+	upgrade *trace.SpanContext // the upgrade request's span (when valid), linked from every message's
+	span    trace.Span         // the message being handled, while it records; owned by the reader goroutine
 }
 
 type closeReq struct {
@@ -79,7 +83,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			"a key offered as the subprotocol stello.key.<key> must come with the subprotocol "+Subprotocol))
 		return
 	}
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), gone: make(chan struct{}), room: make(chan struct{}, 1)}
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), gone: make(chan struct{}), room: make(chan struct{}, 1),
+		upgrade: upgradeSpan(r)}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -439,6 +444,7 @@ func out(typ string, id json.RawMessage) wsOut {
 }
 
 func (c *wsConn) fail(id json.RawMessage, code, msg string) {
+	c.failSpan(code, msg)
 	o := out("error", id)
 	o.Message, o.Code = msg, code
 	c.send(o)
@@ -486,7 +492,9 @@ func (c *wsConn) handle(data []byte) {
 	if closed {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, span := c.messageSpan(m.Type)
+	defer c.endMessageSpan(span)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	switch m.Type {
 	case "session.enter":

@@ -105,6 +105,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	stopTracing, err := startTracing(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 
 	if c.leaseTTL <= 0 {
 		return &usageError{"--lease-ttl must be positive"}

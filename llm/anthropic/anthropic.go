@@ -106,6 +106,13 @@ func (c *Client) Name() string { return ProviderName + "/" + c.cfg.Model }
 // if it is a message with a stop_reason; anything else (an HTML page,
 // truncated JSON, another object) is an error.
 func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
+	ctx, span := provutil.StartCall(ctx, provutil.SpanComplete, ProviderName, c.cfg.Model, req)
+	resp, err := c.complete(ctx, req)
+	provutil.EndCall(span, resp, err)
+	return resp, err
+}
+
+func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
 	body, err := c.body(req, false)
 	if err != nil {
 		return nil, err
@@ -221,6 +228,13 @@ type streamEvent struct {
 // once the stream sent message_stop; a stream that ends before, or a 200
 // that is not an event stream at all, is an error.
 func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
+	ctx, span := provutil.StartCall(ctx, provutil.SpanStream, ProviderName, c.cfg.Model, req)
+	resp, err := c.stream(ctx, req, provutil.FirstDelta(span, onDelta))
+	provutil.EndCall(span, resp, err)
+	return resp, err
+}
+
+func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
 	body, err := c.body(req, true)
 	if err != nil {
 		return nil, err

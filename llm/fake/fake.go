@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stellohq/stello/llm"
+	"github.com/stellohq/stello/llm/internal/provutil"
 )
 
 // ProviderName is the ProviderError.Provider of this package's errors.
@@ -45,12 +46,22 @@ func (c *Client) Name() string { return ProviderName }
 
 // Complete returns the whole reply after the same delays Stream would take.
 func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
-	return c.Stream(ctx, req, nil)
+	ctx, span := provutil.StartCall(ctx, provutil.SpanComplete, ProviderName, ProviderName, req)
+	resp, err := c.stream(ctx, req, nil)
+	provutil.EndCall(span, resp, err)
+	return resp, err
 }
 
 // Stream yields the reply in word-sized chunks (at least three when the
 // reply has three words or more), honoring ctx during the delays.
 func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
+	ctx, span := provutil.StartCall(ctx, provutil.SpanStream, ProviderName, ProviderName, req)
+	resp, err := c.stream(ctx, req, provutil.FirstDelta(span, onDelta))
+	provutil.EndCall(span, resp, err)
+	return resp, err
+}
+
+func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, ctxError(err)
 	}

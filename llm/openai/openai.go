@@ -113,6 +113,13 @@ func (c *Client) Name() string { return ProviderName + "/" + c.cfg.Model }
 // only if it is a chat completion with a choice that has a finish_reason;
 // anything else (an HTML page, truncated JSON, no choices) is an error.
 func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
+	ctx, span := provutil.StartCall(ctx, provutil.SpanComplete, ProviderName, c.cfg.Model, req)
+	resp, err := c.complete(ctx, req)
+	provutil.EndCall(span, resp, err)
+	return resp, err
+}
+
+func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
 	body, err := c.body(req, false)
 	if err != nil {
 		return nil, err
@@ -195,6 +202,13 @@ type completion struct {
 // [DONE] event. A stream that ends without either, or a 200 that is not an
 // event stream at all, is an error.
 func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
+	ctx, span := provutil.StartCall(ctx, provutil.SpanStream, ProviderName, c.cfg.Model, req)
+	resp, err := c.stream(ctx, req, provutil.FirstDelta(span, onDelta))
+	provutil.EndCall(span, resp, err)
+	return resp, err
+}
+
+func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
 	body, err := c.body(req, true)
 	if err != nil {
 		return nil, err
