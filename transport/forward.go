@@ -56,6 +56,7 @@ type forwarder struct {
 	s     *Server
 	opts  ForwardOptions
 	proxy *httputil.ReverseProxy
+	taps  taps // proxied WebSockets
 }
 
 // hopTarget is the owner a request is forwarded to, and what became of it.
@@ -100,6 +101,18 @@ func newForwarder(s *Server, o ForwardOptions) *forwarder {
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.Header.Get(misdirectedHeader) != "" {
 				return errMisdirected
+			}
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				rwc, ok := resp.Body.(io.ReadWriteCloser)
+				if !ok {
+					return errors.New("a 101 answer without a writable body")
+				}
+				t, err := f.taps.add(rwc)
+				if err != nil {
+					_ = rwc.Close()
+					return err
+				}
+				resp.Body = t
 			}
 			return nil
 		},

@@ -161,6 +161,9 @@ func (s *Server) Close() {
 		c.CloseWith(1001, "server shutting down")
 		return true
 	})
+	if s.fwd != nil {
+		s.fwd.taps.closeAll()
+	}
 }
 
 // Abort ends every open SSE stream with `event: error` (UNAVAILABLE): the
