@@ -15,10 +15,13 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/stellohq/stello/internal/apierr"
+	"github.com/stellohq/stello/internal/tracing/spans"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
 )
@@ -170,7 +173,12 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, next http.Ha
 			return
 		}
 		t := &hopTarget{owner: u}
-		req := r.WithContext(context.WithValue(r.Context(), hopKey{}, t))
+		// The hop is a client span of the request's trace; the owner
+		// continues it (traceparent is injected from this context).
+		hctx, span := tracer.Start(r.Context(), "forward", trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("stello.owner.node", owner.NodeID), attribute.String("server.address", u.Host),
+				attribute.Int("stello.forward.attempt", attempt)))
+		req := r.WithContext(context.WithValue(hctx, hopKey{}, t))
 		if body != nil {
 			// GetBody lets the transport send the request again on a
 			// fresh connection when a pooled one turns out closed
@@ -181,6 +189,10 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, next http.Ha
 		}
 		f.s.forwarded.WithLabelValues("sent").Inc()
 		f.proxy.ServeHTTP(w, req)
+		if t.err != nil {
+			spans.Fail(span, t.err, "UNAVAILABLE")
+		}
+		span.End()
 		if t.err == nil || r.Context().Err() != nil {
 			return
 		}

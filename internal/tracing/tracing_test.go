@@ -522,3 +522,54 @@ func TestEnabled(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceAcrossTheForwardHop: a request that reaches a process which
+// does not own its space is one trace: the receiving process's server
+// span, its forward hop (a client span) and, under the hop, the owner's
+// server span and the turn it ran.
+func TestTraceAcrossTheForwardHop(t *testing.T) {
+	clearOTEL(t)
+	rc := newReceiver(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rc.srv.URL)
+	restoreGlobals(t)
+	ctx := context.Background()
+	shutdown, err := tracing.Setup(ctx, "stello", nil)
+	require.NoError(t, err)
+	flushed := false
+	t.Cleanup(func() {
+		if !flushed {
+			_ = shutdown(ctx)
+		}
+	})
+	store := testutil.Store(t)
+	owner := testutil.NewStack(t, testutil.StackOptions{Store: store})
+	other := testutil.NewStack(t, testutil.StackOptions{Store: store})
+	_, key := owner.User(t, "tracer")
+	var sp, root struct {
+		ID string `json:"id"`
+	}
+	rest(t, owner, http.MethodPost, "/spaces", key, map[string]any{"label": "hop"}, nil, http.StatusCreated, &sp)
+	rest(t, owner, http.MethodGet, "/spaces/"+sp.ID+"/sessions", key, nil, nil, http.StatusOK, &root) // the owner activates it
+
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4737"
+	rest(t, other, http.MethodPost, "/spaces/"+sp.ID+"/sessions/"+root.ID+"/turn", key, map[string]any{"input": "across"},
+		http.Header{"Traceparent": {"00-" + traceID + "-00f067aa0ba902b7-01"}}, http.StatusOK, nil)
+	require.NoError(t, shutdown(ctx))
+	flushed = true
+
+	spans := rc.set(t)
+	hop := spans.one("forward", nil)
+	assert.Equal(t, traceID, hex.EncodeToString(hop.TraceId), "one trace across the hop")
+	assert.Equal(t, tracepb.Span_SPAN_KIND_CLIENT, hop.Kind)
+	assert.Equal(t, owner.Member.NodeID(), strAttr(hop, "stello.owner.node"))
+	// The receiving process's request span never reached a route of its
+	// own: it is named by the part it matched before forwarding.
+	first := spans.byID[hex.EncodeToString(hop.ParentSpanId)]
+	require.NotNil(t, first, "the hop's parent was exported")
+	assert.Equal(t, "POST /spaces/{spaceId}/*", first.Name)
+	assert.Equal(t, "00f067aa0ba902b7", hex.EncodeToString(first.ParentSpanId), "the receiving process continues the caller's trace")
+	second := spans.child(hop, "POST /spaces/{spaceId}/sessions/{id}/turn")
+	assert.Equal(t, tracepb.Span_SPAN_KIND_SERVER, second.Kind, "the owner's request span is a child of the hop")
+	turn := spans.child(second, "turn")
+	spans.child(turn, "turn.commit")
+}
