@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -189,6 +190,9 @@ func Run(ctx context.Context, cfg Config, out, log io.Writer) (*Report, error) {
 	if !cfg.Spawn && (cfg.URL == "" || cfg.APIKey == "") {
 		return nil, fmt.Errorf("--url and --api-key are required unless --spawn is given")
 	}
+	// The progress lines and the spawned processes' output (copied by
+	// their own goroutines) share the log: one write at a time.
+	log = &lockedWriter{w: log}
 	r := &runner{cfg: cfg, log: log, exe: cfg.Exe, dbURL: cfg.DatabaseURL}
 	if r.exe == "" {
 		exe, err := os.Executable()
@@ -415,6 +419,18 @@ func printTable(w io.Writer, rep *Report) {
 		}
 		fmt.Fprintf(w, "  settings: %s\n", strings.Join(sp, " "))
 	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 type prefixed struct {
