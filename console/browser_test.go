@@ -156,12 +156,22 @@ func (p *page) str(expr string) string {
 	return s
 }
 
-// wait polls a JavaScript expression until it is truthy.
+// wait polls a JavaScript expression until it is truthy. A page that
+// navigates (a reload) destroys the context the poll runs in: polling
+// then starts again in the new one.
 func (p *page) wait(what, expr string) {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.ctx, 20*time.Second)
 	defer cancel()
-	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(25*time.Millisecond))); err != nil {
+	for {
+		_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(25*time.Millisecond)))
+		if err == nil {
+			return
+		}
+		if ctx.Err() == nil && strings.Contains(err.Error(), "Cannot find context with specified id") {
+			time.Sleep(25 * time.Millisecond)
+			continue
+		}
 		p.t.Fatalf("waiting for %s (%s): %v\nvisible text: %s", what, expr, err, p.visibleText())
 	}
 }
