@@ -17,44 +17,41 @@ import (
 const sessionCols = `s.id::text, s.space_id::text, s.parent_id::text, s.source_session_id::text, s.label, s.role, s.status, s.scope,
 	s.depth, s.idx, s.turn_count, s.created_at, s.updated_at, s.last_active_at`
 
-func insertSession(ctx context.Context, tx pgx.Tx, st session.State) error {
+// queueSession queues the inserts of a session and its data slots.
+func queueSession(b *pgx.Batch, st session.State) {
 	m := st.Meta
-	if _, err := tx.Exec(ctx, `INSERT INTO sessions (id, space_id, parent_id, source_session_id, label, role, status, scope, depth, idx, turn_count, created_at, updated_at, last_active_at)
+	b.Queue(`INSERT INTO sessions (id, space_id, parent_id, source_session_id, label, role, status, scope, depth, idx, turn_count, created_at, updated_at, last_active_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 		m.ID, m.SpaceID, m.ParentID, m.SourceSessionID, m.Label, m.Role, m.Status, m.Scope, m.Depth, m.Index, m.TurnCount,
-		m.CreatedAt, m.UpdatedAt, m.LastActiveAt); err != nil {
-		return err
-	}
+		m.CreatedAt, m.UpdatedAt, m.LastActiveAt)
 	d := st.Data
-	_, err := tx.Exec(ctx, `INSERT INTO session_data (session_id, space_id, system_prompt, memory, insight, consolidate_prompt, integrate_prompt)
+	b.Queue(`INSERT INTO session_data (session_id, space_id, system_prompt, memory, insight, consolidate_prompt, integrate_prompt)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`, m.ID, m.SpaceID, d.SystemPrompt, d.Memory, d.Insight, d.ConsolidatePrompt, d.IntegratePrompt)
-	return err
+}
+
+// sendBatch sends b as one round trip; PostgreSQL runs it as one implicit
+// transaction, so every statement commits or none does.
+func (s *Store) sendBatch(ctx context.Context, b *pgx.Batch) error {
+	return s.pool.SendBatch(ctx, b).Close()
 }
 
 // CreateSession inserts a forked session. With inherit, the parent's
 // records are copied into it; a non-nil prompt becomes its first assistant
-// message. All of it commits in one transaction.
+// message. All of it commits in one transaction, sent in one round trip.
 func (s *Store) CreateSession(ctx context.Context, st session.State, inherit bool, prompt *string) error {
-	err := s.spaceTx(ctx, st.Meta.SpaceID, func(tx pgx.Tx) error {
-		if err := insertSession(ctx, tx, st); err != nil {
-			return err
-		}
-		if inherit && st.Meta.ParentID != nil {
-			if _, err := tx.Exec(ctx, `INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
-				SELECT space_id, $3, role, content, tool_calls, tool_call_id, created_at FROM records
-				WHERE space_id = $1 AND session_id = $2 ORDER BY id`, st.Meta.SpaceID, *st.Meta.ParentID, st.Meta.ID); err != nil {
-				return err
-			}
-		}
-		if prompt != nil {
-			if _, err := tx.Exec(ctx, `INSERT INTO records (space_id, session_id, role, content, created_at) VALUES ($1, $2, 'assistant', $3, $4)`,
-				st.Meta.SpaceID, st.Meta.ID, *prompt, st.Meta.CreatedAt); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return wrap(ctx, "create session", err)
+	b := &pgx.Batch{}
+	queueFence(ctx, b, st.Meta.SpaceID)
+	queueSession(b, st)
+	if inherit && st.Meta.ParentID != nil {
+		b.Queue(`INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
+			SELECT space_id, $3, role, content, tool_calls, tool_call_id, created_at FROM records
+			WHERE space_id = $1 AND session_id = $2 ORDER BY id`, st.Meta.SpaceID, *st.Meta.ParentID, st.Meta.ID)
+	}
+	if prompt != nil {
+		b.Queue(`INSERT INTO records (space_id, session_id, role, content, created_at) VALUES ($1, $2, 'assistant', $3, $4)`,
+			st.Meta.SpaceID, st.Meta.ID, *prompt, st.Meta.CreatedAt)
+	}
+	return wrap(ctx, "create session", s.sendBatch(ctx, b))
 }
 
 // ArchiveSession marks a session archived and returns its update time.

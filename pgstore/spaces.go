@@ -38,14 +38,12 @@ func (s *Store) CreateSpace(ctx context.Context, userID string, in session.Space
 			Status: session.StatusActive, CreatedAt: t, UpdatedAt: t, LastActiveAt: t},
 		Data: session.Data{SystemPrompt: in.SystemPrompt},
 	}
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO spaces (id, user_id, label, system_prompt, consolidate_prompt, integrate_prompt, config, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)`, sp.ID, userID, sp.Label, sp.SystemPrompt, sp.ConsolidatePrompt, sp.IntegratePrompt, []byte(cfg), t); err != nil {
-			return err
-		}
-		return insertSession(ctx, tx, root)
-	})
-	if err != nil {
+	// One batch: one round trip, one implicit transaction.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO spaces (id, user_id, label, system_prompt, consolidate_prompt, integrate_prompt, config, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)`, sp.ID, userID, sp.Label, sp.SystemPrompt, sp.ConsolidatePrompt, sp.IntegratePrompt, []byte(cfg), t)
+	queueSession(b, root)
+	if err := s.sendBatch(ctx, b); err != nil {
 		return session.Space{}, session.State{}, wrap(ctx, "create space", err)
 	}
 	return sp, root, nil
@@ -102,28 +100,38 @@ func (s *Store) LoadSpace(ctx context.Context, spaceID string) (session.Space, [
 // UpdateSpace applies a patch. A new system prompt is also written to the
 // root session, in the same transaction.
 func (s *Store) UpdateSpace(ctx context.Context, spaceID string, p session.SpacePatch) (session.Space, error) {
+	// One batch: one round trip, one implicit transaction.
+	b := &pgx.Batch{}
+	fenced := queueFence(ctx, b, spaceID)
+	b.Queue(`UPDATE spaces SET
+		label = COALESCE($2, label),
+		system_prompt = CASE WHEN $3 THEN $4 ELSE system_prompt END,
+		consolidate_prompt = CASE WHEN $5 THEN $6 ELSE consolidate_prompt END,
+		integrate_prompt = CASE WHEN $7 THEN $8 ELSE integrate_prompt END,
+		config = COALESCE($9::jsonb, config),
+		updated_at = $10
+		WHERE id = $1 RETURNING `+spaceCols,
+		spaceID, p.Label, p.SetSystemPrompt, p.SystemPrompt, p.SetConsolidatePrompt, p.ConsolidatePrompt,
+		p.SetIntegratePrompt, p.IntegratePrompt, nullJSON(p.Config), now())
+	if p.SetSystemPrompt {
+		b.Queue(`UPDATE session_data d SET system_prompt = $2 FROM sessions s
+			WHERE s.space_id = $1 AND s.role = 'main' AND d.session_id = s.id AND d.space_id = $1`, spaceID, p.SystemPrompt)
+	}
 	var sp session.Space
-	err := s.spaceTx(ctx, spaceID, func(tx pgx.Tx) error {
+	err := func() error {
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if fenced {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
 		var err error
-		sp, err = scanSpace(tx.QueryRow(ctx, `UPDATE spaces SET
-			label = COALESCE($2, label),
-			system_prompt = CASE WHEN $3 THEN $4 ELSE system_prompt END,
-			consolidate_prompt = CASE WHEN $5 THEN $6 ELSE consolidate_prompt END,
-			integrate_prompt = CASE WHEN $7 THEN $8 ELSE integrate_prompt END,
-			config = COALESCE($9::jsonb, config),
-			updated_at = $10
-			WHERE id = $1 RETURNING `+spaceCols,
-			spaceID, p.Label, p.SetSystemPrompt, p.SystemPrompt, p.SetConsolidatePrompt, p.ConsolidatePrompt,
-			p.SetIntegratePrompt, p.IntegratePrompt, nullJSON(p.Config), now()))
-		if err != nil {
+		if sp, err = scanSpace(br.QueryRow()); err != nil {
 			return err
 		}
-		if p.SetSystemPrompt {
-			_, err = tx.Exec(ctx, `UPDATE session_data d SET system_prompt = $2 FROM sessions s
-				WHERE s.space_id = $1 AND s.role = 'main' AND d.session_id = s.id AND d.space_id = $1`, spaceID, p.SystemPrompt)
-		}
-		return err
-	})
+		return br.Close()
+	}()
 	return sp, wrap(ctx, "update space", err)
 }
 
