@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -23,7 +24,10 @@ var Scenarios = []string{"turns", "stream", "resume", "connections", "reads", "c
 
 // Config is everything `stello bench` takes.
 type Config struct {
-	URL       string // server to measure (ignored with Spawn)
+	// URL is the server to measure (ignored with Spawn): one base URL, or
+	// several separated by commas, the processes of one deployment over one
+	// database, which turns, reads and forward spread their requests over.
+	URL       string
 	APIKey    string
 	Spawn     bool   // start a Stello server and a mock model
 	Exe       string // the stello binary used to spawn (default: this executable)
@@ -52,6 +56,23 @@ type Config struct {
 	CPUSessions     int
 	CPULongSessions int
 	CPULongRounds   int
+
+	// Nodes is how many `stello serve` processes the spawned mode starts
+	// over its one database for turns and reads (default 1); requests go to
+	// them round-robin, each request to the next process.
+	Nodes int
+	// failover: the --lease-ttl values of the spawned processes, and the
+	// rounds (one SIGKILL and one SIGTERM each) run at each.
+	FailoverTTLs   []time.Duration
+	FailoverRounds int
+	// leases: the numbers of active spaces at which the idle process's
+	// database statements are counted, in increasing order.
+	LeaseSpaces []int
+	// LeaseSettle is how long leases waits, once the spaces are active,
+	// before it counts (default 15s: PostgreSQL 15 reports an idle
+	// backend's counters within 10s, and the activations' statements must
+	// not fall in the window).
+	LeaseSettle time.Duration
 
 	// Model is the spawned server's model: "auto" (the HTTP mock for turns,
 	// then the in-process fake as a second line; the in-process fake for
@@ -152,6 +173,21 @@ func (c *Config) defaults() {
 	if c.CPULongRounds <= 0 {
 		c.CPULongRounds = 16
 	}
+	if c.Nodes <= 0 {
+		c.Nodes = 1
+	}
+	if len(c.FailoverTTLs) == 0 {
+		c.FailoverTTLs = []time.Duration{2 * time.Second, 10 * time.Second}
+	}
+	if c.FailoverRounds <= 0 {
+		c.FailoverRounds = 3
+	}
+	if len(c.LeaseSpaces) == 0 {
+		c.LeaseSpaces = []int{0, 1000, 100000}
+	}
+	if c.LeaseSettle <= 0 {
+		c.LeaseSettle = 15 * time.Second
+	}
 	if c.Scenario == "" {
 		c.Scenario = "all"
 	}
@@ -167,6 +203,7 @@ type runner struct {
 	exe   string
 	dbURL string
 	pg    *embedpg.Instance
+	pgDir string // the embedded database's directory
 	tmp   string
 	// extra are the turns scenario's further lines: the in-process fake
 	// model when the first ran through the HTTP mock, and the same turns
@@ -182,18 +219,26 @@ func Run(ctx context.Context, cfg Config, out, log io.Writer) (*Report, error) {
 	switch cfg.Scenario {
 	case "all":
 		names = Scenarios
-	case "turns", "stream", "resume", "connections", "reads", "churn", "pgbench", "cpu", "footprint":
+	case "turns", "stream", "resume", "connections", "reads", "churn", "pgbench", "cpu", "footprint", "forward", "failover", "leases":
 		names = []string{cfg.Scenario}
 	default:
-		return nil, fmt.Errorf("unknown scenario %q (turns, stream, resume, connections, reads, churn, cpu, footprint, pgbench, all)", cfg.Scenario)
+		return nil, fmt.Errorf("unknown scenario %q (turns, stream, resume, connections, reads, churn, cpu, footprint, forward, failover, leases, pgbench, all)", cfg.Scenario)
+	}
+	if cfg.Nodes > 1 && !cfg.Spawn {
+		return nil, fmt.Errorf("--nodes is for --spawn; to measure several running processes give --url a comma-separated list")
+	}
+	if slices.Contains(names, "failover") && !cfg.Spawn {
+		return nil, fmt.Errorf("the failover scenario kills processes: it needs --spawn")
+	}
+	if slices.Contains(names, "leases") && !cfg.Spawn {
+		return nil, fmt.Errorf("the leases scenario reads the database's counters of the process it starts: it needs --spawn")
 	}
 	if !cfg.Spawn && (cfg.URL == "" || cfg.APIKey == "") {
 		return nil, fmt.Errorf("--url and --api-key are required unless --spawn is given")
 	}
-	// The progress lines and the spawned processes' output (copied by
-	// their own goroutines) share the log: one write at a time.
-	log = &lockedWriter{w: log}
-	r := &runner{cfg: cfg, log: log, exe: cfg.Exe, dbURL: cfg.DatabaseURL}
+	// Progress and the spawned servers' stderr (copied by os/exec's
+	// goroutines) share log.
+	r := &runner{cfg: cfg, log: &lockedWriter{w: log}, exe: cfg.Exe, dbURL: cfg.DatabaseURL}
 	if r.exe == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -208,17 +253,32 @@ func Run(ctx context.Context, cfg Config, out, log io.Writer) (*Report, error) {
 		}
 	}
 	rep := &Report{Machine: machine(), Settings: map[string]any{
-		"spawn": cfg.Spawn, "durationS": cfg.Duration.Seconds(), "url": cfg.URL,
+		"spawn": cfg.Spawn, "durationS": cfg.Duration.Seconds(), "url": cfg.URL, "nodes": cfg.Nodes,
 	}}
 	for _, name := range names {
 		if ctx.Err() != nil {
 			break
 		}
 		r.progress("== scenario %s", name)
+		before := loadAvg()
 		res, err := r.scenario(ctx, name)
 		if err != nil {
 			r.progress("scenario %s failed: %v", name, err)
 			res = &Result{Name: name, Errors: -1, Extra: map[string]any{"failure": err.Error()}}
+		}
+		after := loadAvg()
+		for _, s := range append([]*Result{res}, r.extra...) {
+			// The machine's load average (1, 5, 15 minutes) as the
+			// scenario began and ended: its own load and any other work.
+			if s.Extra == nil {
+				s.Extra = map[string]any{}
+			}
+			if _, ok := s.Extra["loadAvgBefore"]; !ok {
+				s.Extra["loadAvgBefore"] = before
+			}
+			if _, ok := s.Extra["loadAvgAfter"]; !ok {
+				s.Extra["loadAvgAfter"] = after
+			}
 		}
 		rep.Scenarios = append(rep.Scenarios, res)
 		rep.Scenarios = append(rep.Scenarios, r.extra...)
@@ -257,8 +317,18 @@ func (r *runner) startDB(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.pg = pg
+	r.pg, r.pgDir = pg, dir
 	r.dbURL = pg.URL()
+	if r.cfg.Scenario == "leases" {
+		// Count the server's statements one by one (it is the only
+		// client besides the bench's own counter queries).
+		if fatal, err := r.preloadStatStatements(ctx); err != nil {
+			if fatal {
+				return err
+			}
+			r.progress("pg_stat_statements unavailable (%v): counting transactions only", err)
+		}
+	}
 	return nil
 }
 
@@ -273,12 +343,32 @@ func (r *runner) cleanup() {
 	}
 }
 
-// target is what a scenario runs against.
+// target is what a scenario runs against: one process, or several over
+// one database.
 type target struct {
-	url, key string
+	url, key string // the first process
 	pid      int
+	urls     []string // every process
+	pids     []int    // with spawned processes, every process's pid
 	settings map[string]any
 	stop     func()
+
+	// With spawned processes: the live ones (the failover scenario kills
+	// some) and how to start one more with the same flags.
+	procs []*spawned
+	spawn func(ctx context.Context) (*spawned, error)
+}
+
+// splitURLs splits a comma-separated list of base URLs, dropping empty
+// entries and trailing slashes.
+func splitURLs(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimRight(strings.TrimSpace(u), "/"); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // fakeModel marks a scenario that runs the spawned server on its built-in
@@ -286,11 +376,33 @@ type target struct {
 var fakeModel = mockllm.Config{Model: "fake"}
 
 // start spawns a model and a server for one scenario, or points at the
-// given server. model is the mock model server's settings, or fakeModel.
+// given server (the first, when --url lists several). model is the mock
+// model server's settings, or fakeModel.
 func (r *runner) start(ctx context.Context, model mockllm.Config, serverArgs ...string) (*target, error) {
+	return r.startNodes(ctx, 1, model, serverArgs...)
+}
+
+// startNodes is start for n processes over one database: spawned, or the
+// first n of --url's list (every one when n is 0).
+func (r *runner) startNodes(ctx context.Context, n int, model mockllm.Config, serverArgs ...string) (*target, error) {
 	if !r.cfg.Spawn {
-		return &target{url: r.cfg.URL, key: r.cfg.APIKey, pid: r.cfg.ServerPID,
-			settings: map[string]any{"server": r.cfg.URL, "modelLatencyMs": "as configured on the server"}, stop: func() {}}, nil
+		urls := splitURLs(r.cfg.URL)
+		if len(urls) == 0 {
+			return nil, fmt.Errorf("no server URL in --url %q", r.cfg.URL)
+		}
+		if n > 0 && n < len(urls) {
+			urls = urls[:n]
+		}
+		t := &target{url: urls[0], key: r.cfg.APIKey, pid: r.cfg.ServerPID, urls: urls,
+			settings: map[string]any{"server": strings.Join(urls, ","), "nodes": len(urls),
+				"modelLatencyMs": "as configured on the server"}, stop: func() {}}
+		if r.cfg.ServerPID > 0 && len(urls) == 1 {
+			t.pids = []int{r.cfg.ServerPID}
+		}
+		return t, nil
+	}
+	if n <= 0 {
+		n = r.cfg.Nodes
 	}
 	args := []string{"--database-url", r.dbURL, "--db-max-conns", "64", "--consolidate-every", "0"}
 	mock := &mockModel{}
@@ -315,28 +427,67 @@ func (r *runner) start(ctx context.Context, model mockllm.Config, serverArgs ...
 	}
 	args = append(args, serverArgs...)
 	args = append(args, r.cfg.ServerArgs...)
-	srv, err := spawnServer(ctx, r.exe, args, prefixWriter(r.log, "server: "))
-	if err != nil {
+	t := &target{settings: modelSettings}
+	started := 0
+	t.spawn = func(ctx context.Context) (*spawned, error) {
+		name := fmt.Sprintf("server %d: ", started)
+		if n == 1 {
+			name = "server: "
+		}
+		started++
+		srv, err := spawnServer(ctx, r.exe, args, prefixWriter(r.log, name))
+		if err != nil {
+			return nil, err
+		}
+		r.progress("server pid %d listening on %s", srv.pid(), srv.url)
+		return srv, nil
+	}
+	t.stop = func() {
+		for _, p := range t.procs {
+			p.stop()
+		}
 		mock.stop()
-		return nil, err
+	}
+	for range n {
+		srv, err := t.spawn(ctx)
+		if err != nil {
+			t.stop()
+			return nil, err
+		}
+		t.procs = append(t.procs, srv)
 	}
 	key, err := createUser(ctx, r.exe, r.dbURL)
 	if err != nil {
-		srv.stop()
-		mock.stop()
+		t.stop()
 		return nil, err
 	}
-	shown := make([]string, 0, len(srv.args))
-	for _, a := range srv.args {
+	t.key = key
+	t.refresh()
+	shown := make([]string, 0, len(t.procs[0].args))
+	for _, a := range t.procs[0].args {
 		if strings.HasPrefix(a, "postgres://") {
 			a = "postgres://…"
 		}
 		shown = append(shown, a)
 	}
 	modelSettings["serverArgs"] = strings.Join(shown, " ")
-	r.progress("server pid %d listening on %s", srv.pid(), srv.url)
-	return &target{url: srv.url, key: key, pid: srv.pid(), settings: modelSettings,
-		stop: func() { srv.stop(); mock.stop() }}, nil
+	if n > 1 {
+		modelSettings["nodes"] = n
+		modelSettings["spread"] = "round-robin, each request to the next process"
+	}
+	return t, nil
+}
+
+// refresh sets url, pid, urls and pids from the live spawned processes.
+func (t *target) refresh() {
+	t.urls, t.pids = t.urls[:0], t.pids[:0]
+	for _, p := range t.procs {
+		t.urls = append(t.urls, p.url)
+		t.pids = append(t.pids, p.pid())
+	}
+	if len(t.procs) > 0 {
+		t.url, t.pid = t.urls[0], t.pids[0]
+	}
 }
 
 func (r *runner) scenario(ctx context.Context, name string) (*Result, error) {
@@ -359,6 +510,12 @@ func (r *runner) scenario(ctx context.Context, name string) (*Result, error) {
 		return r.cpuScenario(ctx)
 	case "footprint":
 		return r.footprint(ctx)
+	case "forward":
+		return r.forward(ctx)
+	case "failover":
+		return r.failover(ctx)
+	case "leases":
+		return r.leases(ctx)
 	}
 	return nil, fmt.Errorf("unknown scenario %q", name)
 }
@@ -450,3 +607,17 @@ func (p prefixed) Write(b []byte) (int, error) {
 func prefixWriter(w io.Writer, prefix string) io.Writer { return prefixed{w, prefix} }
 
 func boolp(b bool) *bool { return &b }
+
+// loadAvg is the machine's load average over 1, 5 and 15 minutes, as
+// /proc/loadavg gives it ("" where it cannot be read).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}

@@ -21,7 +21,12 @@ import (
 	"github.com/stellohq/stello/space"
 )
 
-func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }
+func TestMain(m *testing.M) {
+	leakcheck.Main(m, func() {
+		pgtest.Stop()
+		removeBinary()
+	})
+}
 
 // TestHarnessAgainstAServer runs every scenario, scaled down, against a
 // server given by URL, as a user measuring another deployment would.

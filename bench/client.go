@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -28,6 +29,56 @@ func newClient(base, key string, conns int) *client.Client {
 	d := &websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
 	return client.New(base, key, client.WithHTTPClient(&http.Client{Transport: tr, Timeout: 5 * time.Minute}),
 		client.WithResume(0, 0), client.WithDialer(d))
+}
+
+// fixed is a pick function that always gives c.
+func fixed(c *client.Client) func() *client.Client { return func() *client.Client { return c } }
+
+// pool spreads requests over the processes of one deployment, round-robin
+// per request: each call of next gives the next process's client, whoever
+// calls it, the way a load balancer without affinity would.
+type pool struct {
+	clients []*client.Client
+	n       atomic.Uint64
+}
+
+// newPool makes one client per base URL, each sized for conns concurrent
+// callers (any of them may get every caller at once).
+func newPool(urls []string, key string, conns int) *pool {
+	p := &pool{}
+	for _, u := range urls {
+		p.clients = append(p.clients, newClient(u, key, conns))
+	}
+	return p
+}
+
+// next is the client of the next process in turn.
+func (p *pool) next() *client.Client {
+	return p.clients[int((p.n.Add(1)-1)%uint64(len(p.clients)))]
+}
+
+// forwardedSent sums the requests the processes forwarded to their spaces'
+// owners (stello_forwarded_requests_total{outcome="sent"}); a process that
+// never forwarded has no such sample and counts 0.
+func (p *pool) forwardedSent(ctx context.Context) (float64, error) {
+	var sum float64
+	for _, c := range p.clients {
+		v, err := forwardedSent(ctx, c)
+		if err != nil {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// forwardedSent is one process's stello_forwarded_requests_total{outcome="sent"}.
+func forwardedSent(ctx context.Context, c *client.Client) (float64, error) {
+	v, err := metric(ctx, c, `stello_forwarded_requests_total{outcome="sent"}`)
+	if errors.Is(err, errNoMetric) {
+		return 0, nil
+	}
+	return v, err
 }
 
 // createSpace makes a space and returns its id and root session id.
@@ -107,5 +158,8 @@ func metric(ctx context.Context, c *client.Client, name string) (float64, error)
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, fmt.Errorf("metric %s not found", name)
+	return 0, fmt.Errorf("%w: %s", errNoMetric, name)
 }
+
+// errNoMetric is a sample /metrics does not have.
+var errNoMetric = errors.New("metric not found")

@@ -88,7 +88,7 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 	c := r.cfg
 	short, long := c.CPUSessions, c.CPULongSessions
 	a := newClient(t.url, t.key, c.Clients)
-	sess, err := setupSessions(ctx, a, c.Spaces, short)
+	sess, err := setupSessions(ctx, fixed(a), c.Spaces, short)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
@@ -201,7 +201,7 @@ func (r *runner) cpuScenario(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	longSess, err := setupSessions(ctx, a, long, long)
+	longSess, err := setupSessions(ctx, fixed(a), long, long)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}

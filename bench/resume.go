@@ -173,7 +173,7 @@ func (r *runner) resume(ctx context.Context) (*Result, error) {
 	defer t.stop()
 	a := newClient(t.url, t.key, c.ResumeClients)
 	spaces := max(c.ResumeClients/10, 1)
-	sess, err := setupSessions(ctx, a, spaces, c.ResumeClients)
+	sess, err := setupSessions(ctx, fixed(a), spaces, c.ResumeClients)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}

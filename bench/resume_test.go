@@ -6,8 +6,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -87,10 +85,7 @@ func TestResumeScenarioDetectsALostOffset(t *testing.T) {
 // again on a server started with --turn-log=false, reports the ratio, and
 // runs pgbench with and without the turn log row.
 func TestTurnLogCost(t *testing.T) {
-	exe := filepath.Join(t.TempDir(), "stello")
-	build := exec.Command("go", "build", "-o", exe, "github.com/stellohq/stello/cmd/stello")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, string(out))
+	exe := stelloBinary(t)
 	dbURL := testutil.MigratedURL(t)
 	var table, progress bytes.Buffer
 	rep, err := bench.Run(context.Background(), bench.Config{Spawn: true, Exe: exe, DatabaseURL: dbURL, Scenario: "turns",

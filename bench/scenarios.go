@@ -26,11 +26,14 @@ import (
 type benchSession struct{ space, session string }
 
 // setupSessions creates spaces spaces and gives each of n clients its own
-// session: the root of space i when n <= spaces, a fork otherwise.
-func setupSessions(ctx context.Context, c *client.Client, spaces, n int) ([]benchSession, error) {
+// session: the root of space i when n <= spaces, a fork otherwise. pick
+// gives the client of each space's creation and of each fork (the same
+// one, or the next process's with a pool: a space is then owned by the
+// process that created it, as that process serves its first request).
+func setupSessions(ctx context.Context, pick func() *client.Client, spaces, n int) ([]benchSession, error) {
 	roots := make([]benchSession, spaces)
 	if err := parallel(ctx, 16, spaces, func(i int) error {
-		sp, root, err := createSpace(ctx, c, fmt.Sprintf("bench %d", i))
+		sp, root, err := createSpace(ctx, pick(), fmt.Sprintf("bench %d", i))
 		roots[i] = benchSession{sp, root}
 		return err
 	}); err != nil {
@@ -43,7 +46,7 @@ func setupSessions(ctx context.Context, c *client.Client, spaces, n int) ([]benc
 			out[i] = r
 			return nil
 		}
-		child, err := c.Fork(ctx, r.space, r.session, client.ForkOptions{Label: fmt.Sprintf("client %d", i)})
+		child, err := pick().Fork(ctx, r.space, r.session, client.ForkOptions{Label: fmt.Sprintf("client %d", i)})
 		if err != nil {
 			return err
 		}
@@ -135,7 +138,7 @@ func (r *runner) turns(ctx context.Context) (*Result, error) {
 			model = mock
 		}
 		res, err := r.turnsWith(ctx, "turns", model, true)
-		if err == nil && r.cfg.Spawn {
+		if err == nil && r.cfg.Spawn && r.cfg.Nodes == 1 {
 			r.extra = append(r.extra, r.turnLogCost(ctx, res, "turns", model))
 		}
 		return res, err
@@ -159,7 +162,7 @@ func (r *runner) turns(ctx context.Context) (*Result, error) {
 		fk.Met = boolp(ratio >= 0.6 && fk.Errors == 0)
 	}
 	r.extra = append(r.extra, fk)
-	if fk.Errors >= 0 {
+	if fk.Errors >= 0 && r.cfg.Nodes == 1 {
 		r.extra = append(r.extra, r.turnLogCost(ctx, fk, "turns (fake model)", fakeModel))
 	}
 	return res, nil
@@ -194,7 +197,7 @@ func (r *runner) turnLogCost(ctx context.Context, base *Result, name string, mod
 	}
 	sides := [2]*side{{c: newClient(tw.url, tw.key, c.Clients), rec: newRecorder()}, {c: newClient(tn.url, tn.key, c.Clients), rec: newRecorder()}}
 	for _, sd := range sides {
-		if sd.sess, err = setupSessions(ctx, sd.c, c.Spaces, c.Clients); err != nil {
+		if sd.sess, err = setupSessions(ctx, fixed(sd.c), c.Spaces, c.Clients); err != nil {
 			return fail(fmt.Errorf("setup: %w", err))
 		}
 	}
@@ -230,37 +233,49 @@ func (r *runner) turnLogCost(ctx context.Context, base *Result, name string, mod
 }
 
 func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Config, withPgbench bool, serverArgs ...string) (*Result, error) {
-	t, err := r.start(ctx, model, serverArgs...)
+	t, err := r.startNodes(ctx, 0, model, serverArgs...)
 	if err != nil {
 		return nil, err
 	}
 	defer t.stop()
 	c := r.cfg
-	a := newClient(t.url, t.key, c.Clients)
-	sess, err := setupSessions(ctx, a, c.Spaces, c.Clients)
+	p := newPool(t.urls, t.key, c.Clients)
+	sess, err := setupSessions(ctx, p.next, c.Spaces, c.Clients)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
-	r.progress("turns: %d clients over %d spaces for %s", c.Clients, c.Spaces, c.Duration)
+	r.progress("turns: %d clients over %d spaces and %d processes for %s", c.Clients, c.Spaces, len(t.urls), c.Duration)
 	rec := newRecorder()
-	// CPU per turn of the server and of this process (load generator and,
-	// when used, the mock model), over every turn including the warm-up.
+	// CPU per turn of the servers and of this process (load generator
+	// and, when used, the mock model), over every turn including the
+	// warm-up.
 	var done atomic.Int64
-	srv0, srvErr := cpuTime(t.pid)
+	srv0, srvErr := cpuTimes(t.pids)
 	own0, _ := cpuTime(os.Getpid())
+	fwd0, fwdErr := p.forwardedSent(ctx)
 	elapsed := loop(ctx, c.Clients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
-		err := turn(ctx, a, sess[i], "load test input")
+		err := turn(ctx, p.next(), sess[i], "load test input")
 		if err == nil {
 			done.Add(1)
 		}
 		return err
 	})
-	srv1, _ := cpuTime(t.pid)
+	srv1, _ := cpuTimes(t.pids)
 	own1, _ := cpuTime(os.Getpid())
+	fwd1, fwdErr1 := p.forwardedSent(ctx)
 	res := &Result{Name: name, Settings: t.settings, Extra: map[string]any{"clients": c.Clients, "spaces": c.Spaces}}
+	if len(t.urls) > 1 {
+		res.Name = fmt.Sprintf("%s, %d processes", name, len(t.urls))
+		res.Extra["nodes"] = len(t.urls)
+	}
 	if n := done.Load(); n > 0 {
-		if srvErr == nil && t.pid > 0 {
+		if srvErr == nil && len(t.pids) > 0 {
 			res.Extra["serverCpuPerTurnUs"] = round2(float64((srv1 - srv0).Microseconds()) / float64(n))
+		}
+		if len(t.urls) > 1 && fwdErr == nil && fwdErr1 == nil {
+			// Requests a process passed on to the space's owner, per
+			// turn answered (setup and warm-up included).
+			res.Extra["forwardedPerTurn"] = round2((fwd1 - fwd0) / float64(n))
 		}
 		res.Extra["benchCpuPerTurnUs"] = round2(float64((own1 - own0).Microseconds()) / float64(n))
 		res.Extra["historyTurnsAtEnd"] = n / int64(c.Clients)
@@ -368,7 +383,7 @@ func (r *runner) pgbenchOnly(ctx context.Context) (*Result, error) {
 	}
 	defer t.stop()
 	a := newClient(t.url, t.key, r.cfg.Clients)
-	sess, err := setupSessions(ctx, a, r.cfg.Spaces, r.cfg.Clients)
+	sess, err := setupSessions(ctx, fixed(a), r.cfg.Spaces, r.cfg.Clients)
 	if err != nil {
 		return nil, err
 	}
@@ -391,7 +406,7 @@ func (r *runner) stream(ctx context.Context) (*Result, error) {
 	if spaces < 1 {
 		spaces = 1
 	}
-	sess, err := setupSessions(ctx, a, spaces, c.StreamClients)
+	sess, err := setupSessions(ctx, fixed(a), spaces, c.StreamClients)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
@@ -470,7 +485,7 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	if spaces < 1 {
 		spaces = 1
 	}
-	sess, err := setupSessions(ctx, a, spaces, spaces)
+	sess, err := setupSessions(ctx, fixed(a), spaces, spaces)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
@@ -547,21 +562,22 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 	c := r.cfg
 	model := fakeModel
 	model.TTFT = c.ReadsTurnLatency
-	t, err := r.start(ctx, model)
+	t, err := r.startNodes(ctx, 0, model)
 	if err != nil {
 		return nil, err
 	}
 	defer t.stop()
-	a := newClient(t.url, t.key, c.Clients+c.Readers)
+	p := newPool(t.urls, t.key, c.Clients+c.Readers)
 	writers := c.Clients / 4
 	if writers < 1 {
 		writers = 1
 	}
-	sess, err := setupSessions(ctx, a, writers, writers)
+	sess, err := setupSessions(ctx, p.next, writers, writers)
 	if err != nil {
 		return nil, err
 	}
-	r.progress("reads: %d readers while %d clients run turns, %s", c.Readers, writers, c.Duration)
+	r.progress("reads: %d readers while %d clients run turns over %d processes, %s", c.Readers, writers, len(t.urls), c.Duration)
+	fwd0, fwdErr := p.forwardedSent(ctx)
 	turnRec := newRecorder()
 	readRec := newRecorder()
 	var wg sync.WaitGroup
@@ -569,11 +585,12 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 	go func() {
 		defer wg.Done()
 		loop(ctx, writers, c.Duration+time.Second, time.Second, turnRec, func(ctx context.Context, i int) error {
-			return turn(ctx, a, sess[i], "load test input")
+			return turn(ctx, p.next(), sess[i], "load test input")
 		})
 	}()
 	read := func(ctx context.Context, i, k int) error {
 		s := sess[(i+k)%len(sess)]
+		a := p.next()
 		var err error
 		switch k % 3 {
 		case 0:
@@ -602,8 +619,19 @@ func (r *runner) reads(ctx context.Context) (*Result, error) {
 	fill(res, readRec.summary(), elapsed, "reads/s")
 	res.Errors += turnRec.summary().Error
 	res.ErrorSamples = readRec.errMsg
+	ts := turnRec.summary()
 	res.Extra = map[string]any{"turnsPerS": round2(float64(turnRec.count()) / elapsed.Seconds()), "readers": c.Readers,
+		"turnP50Ms": ts.P50, "turnP99Ms": ts.P99,
 		"treeP99Ms": kinds[0].summary().P99, "messagesP99Ms": kinds[1].summary().P99, "spaceP99Ms": kinds[2].summary().P99}
+	if len(t.urls) > 1 {
+		res.Name = fmt.Sprintf("reads, %d processes", len(t.urls))
+		res.Extra["nodes"] = len(t.urls)
+		if fwd1, err := p.forwardedSent(ctx); err == nil && fwdErr == nil && readRec.count()+turnRec.count() > 0 {
+			// Requests passed on to the space's owner, per read or turn
+			// answered (warm-ups included).
+			res.Extra["forwardedPerRequest"] = round2((fwd1 - fwd0) / float64(readRec.count()+turnRec.count()))
+		}
+	}
 	res.Target = "p99 ≤10ms"
 	res.Met = boolp(res.P99Ms <= 10 && res.Errors == 0)
 	r.progress("reads: %.1f reads/s p99 %.2f ms", res.Throughput, res.P99Ms)

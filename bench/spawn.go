@@ -45,10 +45,11 @@ func (m *mockModel) stop() {
 
 // spawned is a Stello server run as a child process.
 type spawned struct {
-	cmd  *exec.Cmd
-	url  string
-	args []string
-	done chan error
+	cmd    *exec.Cmd
+	url    string
+	args   []string
+	exited chan struct{} // closed once the process has exited and been reaped
+	err    error         // cmd.Wait's error, set before exited is closed
 }
 
 // spawnServer runs `stello serve` with args and waits until it listens.
@@ -63,43 +64,63 @@ func spawnServer(ctx context.Context, exe string, args []string, logw io.Writer)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start server: %w", err)
 	}
-	s := &spawned{cmd: cmd, args: full, done: make(chan error, 1)}
+	s := &spawned{cmd: cmd, args: full, exited: make(chan struct{})}
 	urlCh := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if u, ok := strings.CutPrefix(sc.Text(), "stello listening on "); ok {
-				urlCh <- u
+				select {
+				case urlCh <- u:
+				default:
+				}
 			}
 		}
 	}()
-	go func() { s.done <- cmd.Wait() }()
+	go func() {
+		s.err = cmd.Wait()
+		close(s.exited)
+	}()
 	select {
 	case u := <-urlCh:
 		s.url = u
 		return s, nil
-	case err := <-s.done:
-		return nil, fmt.Errorf("server exited before listening: %v", err)
+	case <-s.exited:
+		return nil, fmt.Errorf("server exited before listening: %v", s.err)
 	case <-time.After(60 * time.Second):
-		_ = cmd.Process.Kill()
+		s.kill()
 		return nil, errors.New("server did not start listening within 60s")
 	case <-ctx.Done():
-		_ = cmd.Process.Kill()
+		s.kill()
 		return nil, ctx.Err()
 	}
 }
 
 func (s *spawned) pid() int { return s.cmd.Process.Pid }
 
-// stop shuts the server down gracefully (SIGTERM), killing it after 30s.
+// addr is the host:port the server listens on.
+func (s *spawned) addr() string { return strings.TrimPrefix(s.url, "http://") }
+
+// stop shuts the server down gracefully (SIGTERM), killing it after 30s. A
+// server that already exited is left alone.
 func (s *spawned) stop() {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-s.done:
+	case <-s.exited:
 	case <-time.After(30 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
+		s.kill()
 	}
+}
+
+// kill sends SIGKILL and waits until the process is reaped.
+func (s *spawned) kill() {
+	_ = s.cmd.Process.Kill()
+	<-s.exited
 }
 
 // createUser runs `stello users create` against the database.

@@ -60,6 +60,7 @@ type Membership struct {
 	start    time.Time
 	lastBeat atomic.Int64
 	lost     atomic.Bool
+	leaving  atomic.Bool
 
 	mu  sync.Mutex
 	url string
@@ -203,7 +204,7 @@ func (m *Membership) beat(ctx context.Context, timeout time.Duration) {
 	sent := time.Now()
 	bctx, cancel := context.WithTimeout(ctx, timeout)
 	ok, err := m.store.Heartbeat(bctx, m.opts.NodeID)
-	if err == nil && !ok {
+	if err == nil && !ok && !m.leaving.Load() {
 		// Pruned after a long silence: register again.
 		err = m.store.RegisterNode(bctx, m.opts.NodeID, m.AdvertiseURL(), m.opts.LeaseTTL)
 	}
@@ -270,11 +271,14 @@ func (m *Membership) listenGuarded(ctx context.Context) (err error) {
 func (m *Membership) Leave(ctx context.Context) error {
 	var err error
 	m.once.Do(func() {
-		m.cancel()
-		m.wg.Wait()
+		// Hand the leases back first: the other processes may take the
+		// spaces over while the background loops wind down.
+		m.leaving.Store(true)
 		if e := m.store.DeregisterNode(ctx, m.opts.NodeID); e != nil {
 			err = fmt.Errorf("leave the cluster: %w", e)
 		}
+		m.cancel()
+		m.wg.Wait()
 	})
 	return err
 }
