@@ -377,6 +377,19 @@ func (l *listened) freshConns() int {
 	return len(l.fresh)
 }
 
+// onceCloseListener closes its listener once: stopAccepting closes it
+// before http.Server.Shutdown does again.
+type onceCloseListener struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *onceCloseListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
+}
+
 // freshWait bounds how long a shutdown waits for connections accepted
 // just before it to send their first request.
 const freshWait = 2 * time.Second
@@ -398,6 +411,7 @@ func (l *listened) stopAccepting(ctx context.Context) {
 func (s *Server) serve(ln net.Listener, h http.Handler, name string, list *[]*listened) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: zap.NewStdLog(s.log.Named(name))}
+	ln = &onceCloseListener{Listener: ln}
 	l := &listened{srv: srv, ln: ln, fresh: map[net.Conn]struct{}{}}
 	srv.ConnState = l.connState
 	s.mu.Lock()
