@@ -106,9 +106,6 @@ func Join(ctx context.Context, store *pgstore.Store, o Options) (*Membership, er
 // NodeID is this process's id.
 func (m *Membership) NodeID() string { return m.opts.NodeID }
 
-// LeaseTTL is the lease time to live.
-func (m *Membership) LeaseTTL() time.Duration { return m.opts.LeaseTTL }
-
 // AdvertiseURL is how other processes reach this one.
 func (m *Membership) AdvertiseURL() string {
 	m.mu.Lock()

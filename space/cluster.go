@@ -223,17 +223,27 @@ func (m *Manager) releaseLoop() {
 			}
 			m.release(ctx, batch)
 		case <-t.C:
-			now := time.Now()
-			m.routes.Range(func(id string, r route) bool {
-				if !r.local && now.After(r.expires) {
-					m.routes.Compute(id, func(old route, loaded bool) (route, bool) {
-						return old, !loaded || (!old.local && now.After(old.expires))
-					})
-				}
-				return true
-			})
+			m.dropExpiredRoutes()
 		}
 	}
+}
+
+// dropExpiredRoutes forgets remote routes older than the lease TTL.
+func (m *Manager) dropExpiredRoutes() {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = m.opts.Guard.Caught("routes.sweep", v)
+		}
+	}()
+	now := time.Now()
+	m.routes.Range(func(id string, r route) bool {
+		if !r.local && now.After(r.expires) {
+			m.routes.Compute(id, func(old route, loaded bool) (route, bool) {
+				return old, !loaded || (!old.local && now.After(old.expires))
+			})
+		}
+		return true
+	})
 }
 
 func (m *Manager) release(ctx context.Context, batch []releaseReq) {
