@@ -178,6 +178,16 @@ func (p *clusterProc) term(t *testing.T) {
 }
 
 // clusterUser creates a user directly in the database and returns its key.
+// newCluster starts the named processes over a fresh database and returns
+// its URL, the processes, a store on it and a user's API key.
+func newCluster(t *testing.T, bin string, names ...string) (string, []*clusterProc, *pgstore.Store, string) {
+	t.Helper()
+	url := testutil.MigratedURL(t)
+	procs := startProcs(t, bin, url, names...)
+	st := openStore(t, url)
+	return url, procs, st, clusterUser(t, st)
+}
+
 func clusterUser(t *testing.T, st *pgstore.Store) string {
 	t.Helper()
 	_, key, err := st.CreateUser(t.Context(), "cluster")
@@ -292,10 +302,7 @@ func checkAlternating(t *testing.T, recs []client.Message, where string) []strin
 // other at once; concurrent forks and turns through different processes
 // are serialised by the one owner.
 func clusterReadYourWrites(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b", "c")
-	st := openStore(t, url)
-	key := clusterUser(t, st)
+	_, procs, st, key := newCluster(t, bin, "a", "b", "c")
 	cs := make([]*client.Client, len(procs))
 	for i, p := range procs {
 		cs[i] = client.New(p.base, key)
@@ -853,10 +860,7 @@ func (l *lbLoad) checkNoForbidden(t *testing.T) {
 // is stopped gracefully (SIGTERM): its leases are handed back as it exits.
 // Every turn answered 200 is stored exactly once, and no turn half.
 func clusterFailover(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b", "c")
-	st := openStore(t, url)
-	key := clusterUser(t, st)
+	_, procs, st, key := newCluster(t, bin, "a", "b", "c")
 	w := newClusterWorld(t, key, client.New(procs[0].base, key), 2)
 	spaces := worldSpaces(w)
 	for _, id := range spaces {
@@ -1046,11 +1050,8 @@ func clusterFencing(t *testing.T, bin string) {
 // over and wrote to, must not answer reads from its stale memory once it
 // runs again.
 func clusterStaleReads(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b")
+	_, procs, st, key := newCluster(t, bin, "a", "b")
 	a, b := procs[0], procs[1]
-	st := openStore(t, url)
-	key := clusterUser(t, st)
 	ca, cb := client.New(a.base, key), client.New(b.base, key)
 	ctx := testCtx(t, 2*time.Minute)
 
@@ -1091,11 +1092,8 @@ func clusterStaleReads(t *testing.T, bin string) {
 // graceful stop closes it with 1001, and the client reconnects through any
 // process.
 func clusterWebSocket(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b", "c")
+	_, procs, st, key := newCluster(t, bin, "a", "b", "c")
 	a, b, c := procs[0], procs[1], procs[2]
-	st := openStore(t, url)
-	key := clusterUser(t, st)
 	ca, cb, cc := client.New(a.base, key), client.New(b.base, key), client.New(c.base, key)
 	ctx := testCtx(t, 2*time.Minute)
 
@@ -1214,11 +1212,8 @@ func clusterWebSocket(t *testing.T, bin string) {
 // space's owner closes it with 1001 too, as any server shutdown does; the
 // client reconnects through another process.
 func clusterWebSocketForwarderStop(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b")
+	_, procs, st, key := newCluster(t, bin, "a", "b")
 	a, b := procs[0], procs[1]
-	st := openStore(t, url)
-	key := clusterUser(t, st)
 	ca, cb := client.New(a.base, key), client.New(b.base, key)
 	ctx := testCtx(t, 2*time.Minute)
 
@@ -1266,10 +1261,7 @@ func requireClosedWith(t *testing.T, conn *client.Conn, code int) {
 // behind a round-robin balancer run turns and forks. No request fails but
 // with a retryable code, and every turn answered 200 is stored once.
 func clusterRollingRestart(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b", "c")
-	st := openStore(t, url)
-	key := clusterUser(t, st)
+	url, procs, st, key := newCluster(t, bin, "a", "b", "c")
 	// One space owned by each process.
 	w := &chaosWorld{key: key, confirmed: map[string][2]string{}, sent: map[string]bool{}, outcomes: map[string]int{}}
 	for _, p := range procs {
@@ -1329,11 +1321,8 @@ func clusterRollingRestart(t *testing.T, bin string) {
 // is the one failure seen besides refused connections (a request sent at
 // the moment of the SIGTERM gets EOF).
 func clusterStopAnswersAccepted(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b")
+	_, procs, _, key := newCluster(t, bin, "a", "b")
 	a, b := procs[0], procs[1]
-	st := openStore(t, url)
-	key := clusterUser(t, st)
 	ctx := testCtx(t, time.Minute)
 	cb := client.New(b.base, key)
 	sp, err := cb.CreateSpace(ctx, client.SpaceInput{Label: "stop"})
@@ -1371,10 +1360,7 @@ func clusterStopAnswersAccepted(t *testing.T, bin string) {
 // addresses and how many spaces each owns; a killed one shows dead after
 // its TTL; one stopped gracefully is gone.
 func clusterStatus(t *testing.T, bin string) {
-	url := testutil.MigratedURL(t)
-	procs := startProcs(t, bin, url, "a", "b", "c")
-	st := openStore(t, url)
-	key := clusterUser(t, st)
+	url, procs, _, key := newCluster(t, bin, "a", "b", "c")
 	ctx := testCtx(t, 2*time.Minute)
 	// a owns one space, b two, c none.
 	for i, owner := range []int{0, 1, 1} {
