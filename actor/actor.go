@@ -217,7 +217,8 @@ type stopMsg struct {
 	err        error
 }
 
-// Go runs fn as a task on its own goroutine with the actor's context; call
+// Go runs fn as a task on a goroutine of its own (a kept worker when one
+// is idle) with the actor's context; call
 // it from Receive. The message fn returns (if not nil) is delivered to the
 // actor's mailbox even when it is full. If fn panics, the message made by
 // onPanic from the recovered error is delivered instead, so whoever waits
@@ -226,7 +227,7 @@ func (a *Actor) Go(fn func(ctx context.Context) any, onPanic func(err error) any
 	a.tasks.Add(1)
 	a.sys.tasks.Add(1)
 	ctx := a.Context()
-	go func() {
+	a.sys.pool.run(func() {
 		defer a.sys.tasks.Done()
 		msg := a.runTask(ctx, fn, onPanic)
 		a.tasks.Add(-1)
@@ -238,7 +239,7 @@ func (a *Actor) Go(fn func(ctx context.Context) any, onPanic func(err error) any
 				a.beh.Reject(msg, err)
 			}
 		}
-	}()
+	})
 }
 
 func (a *Actor) runTask(ctx context.Context, fn func(ctx context.Context) any, onPanic func(err error) any) (msg any) {

@@ -42,6 +42,7 @@ type System struct {
 	closed atomic.Bool
 	tasks  sync.WaitGroup
 	loop   sync.WaitGroup
+	pool   *workers
 
 	queued    atomic.Int64
 	busy      atomic.Uint64
@@ -61,6 +62,7 @@ func NewSystem(opts Options, factory Factory) *System {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &System{opts: opts, factory: factory, actors: xsync.NewMapOf[string, *Actor](),
 		done: xsync.NewMapOf[*Actor, chan struct{}](), ctx: ctx, cancel: cancel}
+	s.pool = newWorkers(ctx)
 	if opts.IdleTTL > 0 {
 		s.loop.Add(1)
 		go s.evictLoop()
@@ -249,6 +251,7 @@ func (s *System) Close(ctx context.Context) error {
 		}
 		s.tasks.Wait()
 		s.loop.Wait()
+		s.pool.wait()
 		close(finished)
 	}()
 	select {
