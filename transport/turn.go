@@ -9,32 +9,28 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
 
+	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
 )
 
-// deltaBuffer collects streamed chunks from a turn's goroutine without ever
-// blocking it; the consumer drains it when notified. It holds at most max
-// bytes: past that the consumer is too slow, the buffer is marked
-// overflowed and drops what comes, and the consumer gives up on the client
-// (the turn itself goes on).
+// deltaBuffer holds the text streamed to one SSE response and not yet
+// written: the turn's task appends to it without ever blocking, the
+// response's goroutine takes it all at once (so chunks that arrive while a
+// write is in flight are coalesced into one event). It is bounded: past max
+// bytes it overflows and the client is dropped.
 type deltaBuffer struct {
 	mu         sync.Mutex
-	chunks     []sseDelta
-	size       int
+	text       []byte // waiting text
+	offset     int    // code point offset just after text
 	max        int
 	overflowed bool
 	notify     chan struct{}
-}
-
-// sseDelta is a chunk and the offset (code points) just after it.
-type sseDelta struct {
-	chunk  string
-	offset int
 }
 
 func newDeltaBuffer(max int) *deltaBuffer {
@@ -43,13 +39,12 @@ func newDeltaBuffer(max int) *deltaBuffer {
 
 func (d *deltaBuffer) push(chunk string, offset int) {
 	d.mu.Lock()
-	if d.overflowed || d.size+len(chunk) > d.max {
+	if d.overflowed || len(d.text)+len(chunk) > d.max {
 		d.overflowed = true
-		d.chunks = nil
-		d.size = 0
+		d.text = nil
 	} else {
-		d.chunks = append(d.chunks, sseDelta{chunk, offset})
-		d.size += len(chunk)
+		d.text = append(d.text, chunk...)
+		d.offset = offset
 	}
 	d.mu.Unlock()
 	d.wake()
@@ -62,14 +57,30 @@ func (d *deltaBuffer) wake() {
 	}
 }
 
-// drain takes the waiting chunks; ok is false once the buffer overflowed.
-func (d *deltaBuffer) drain() (chunks []sseDelta, ok bool) {
+// drain appends the waiting text to dst as one delta event and reports
+// the offset after it; dst comes back unchanged when nothing waits (and the
+// offset means nothing then), and ok is false once the buffer overflowed.
+func (d *deltaBuffer) drain(dst []byte) (out []byte, offset int, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	c := d.chunks
-	d.chunks = nil
-	d.size = 0
-	return c, !d.overflowed
+	if d.overflowed {
+		return dst, 0, false
+	}
+	if len(d.text) > 0 {
+		dst = appendDeltaEvent(dst, d.offset, d.text)
+		d.text = d.text[:0]
+	}
+	return dst, d.offset, true
+}
+
+// appendDeltaEvent appends `id: <offset>`, `event: delta` and the data
+// {"chunk": text} of one SSE delta event.
+func appendDeltaEvent(dst []byte, offset int, text []byte) []byte {
+	dst = append(dst, "id: "...)
+	dst = strconv.AppendInt(dst, int64(offset), 10)
+	dst = append(dst, "\nevent: delta\ndata: {\"chunk\":"...)
+	dst = llm.AppendJSONString(dst, unsafe.String(unsafe.SliceData(text), len(text)))
+	return append(dst, "}\n\n"...)
 }
 
 // sseFollower is what an SSE response follows: the turn's id, its deltas
@@ -256,19 +267,21 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 	}) {
 		return
 	}
+	var out []byte // one delta event at a time, reused
 	writeDeltas := func() error {
-		chunks, ok := f.buf.drain()
+		var ok bool
+		var after int
+		out, after, ok = f.buf.drain(out[:0])
 		if !ok {
 			s.log.Info("dropping slow SSE client", zap.String("space", spaceID(r)))
 			return errSlowClient
 		}
-		for _, c := range chunks {
-			offset = c.offset
-			if err := writeEvent(w, "delta", strconv.Itoa(c.offset), map[string]string{"chunk": c.chunk}); err != nil {
-				return err
-			}
+		if len(out) == 0 {
+			return nil
 		}
-		return nil
+		offset = after
+		_, err := w.Write(out)
+		return err
 	}
 	fail := func(err error) {
 		flush(func() error { return writeEvent(w, "error", strconv.Itoa(offset), classify(err)) })

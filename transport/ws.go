@@ -6,14 +6,17 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/gorilla/websocket"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
+	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
 )
@@ -272,18 +275,42 @@ type pendingDelta struct {
 	chunk  []byte
 }
 
-func (m outMsg) bytes() []byte {
+// bytes returns the message's encoding; a delta is encoded into dst.
+func (m outMsg) bytes(dst []byte) []byte {
 	if m.delta == nil {
 		return m.data
 	}
-	o := out("stream.delta", m.delta.id)
-	chunk := string(m.delta.chunk)
-	o.Chunk = &chunk
-	o.TurnID = m.delta.turnID
-	off := m.delta.offset
-	o.Offset = &off
-	b, _ := json.Marshal(o)
-	return b
+	return appendDelta(dst, m.delta)
+}
+
+// appendDelta appends a stream.delta message: the fields of wsOut, in its
+// order, without reflection (one is written per streamed chunk).
+func appendDelta(dst []byte, d *pendingDelta) []byte {
+	dst = append(dst, `{"type":"stream.delta"`...)
+	if len(d.id) > 0 && string(d.id) != "null" {
+		dst = append(dst, `,"id":`...)
+		if bytes.ContainsAny(d.id, " \t\r\n") {
+			// The id came from the decoder, so it is valid JSON; it is
+			// echoed compacted, as encoding/json does.
+			var b bytes.Buffer
+			if json.Compact(&b, d.id) != nil {
+				b.Reset()
+				b.WriteString("null")
+			}
+			dst = append(dst, b.Bytes()...)
+		} else {
+			dst = append(dst, d.id...)
+		}
+	}
+	dst = append(dst, `,"chunk":`...)
+	dst = llm.AppendJSONString(dst, unsafe.String(unsafe.SliceData(d.chunk), len(d.chunk)))
+	dst = append(dst, `,"offset":`...)
+	dst = strconv.AppendInt(dst, int64(d.offset), 10)
+	if d.turnID != "" {
+		dst = append(dst, `,"turnId":`...)
+		dst = llm.AppendJSONString(dst, d.turnID)
+	}
+	return append(dst, '}')
 }
 
 // send queues one message; a peer that lets its queue fill is dropped.
@@ -359,6 +386,7 @@ func (c *wsConn) writeLoop() {
 			_ = c.ws.Close()
 		}
 	}()
+	var scratch []byte // delta encodings, reused while the writer runs
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -382,7 +410,10 @@ func (c *wsConn) writeLoop() {
 		c.queue[0] = outMsg{}
 		c.queue = c.queue[1:]
 		// Encoding under the lock: a delta taken off the queue no longer grows.
-		msg := m.bytes()
+		msg := m.bytes(scratch[:0])
+		if m.delta != nil {
+			scratch = msg
+		}
 		if m.delta != nil {
 			c.queued -= len(m.delta.chunk)
 		} else {
