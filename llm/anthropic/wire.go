@@ -195,8 +195,10 @@ func (c *Client) body(req llm.Request, stream bool) ([]byte, error) {
 		size += len(hist.Closed) + len(hist.Open)
 	}
 	var system []string
-	for _, m := range req.Messages {
-		size += len(m.Content) + 64
+	for i, m := range req.Messages {
+		if hist == nil || i < req.HistoryAt || i >= req.HistoryAt+hist.Messages {
+			size += len(m.Content) + 64 // the history's are already encoded
+		}
 		if m.Role == llm.RoleSystem {
 			if s := strings.TrimSpace(m.Content); s != "" {
 				system = append(system, s)

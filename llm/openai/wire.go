@@ -132,12 +132,17 @@ func (c *Client) body(req llm.Request, stream bool) ([]byte, error) {
 	if hist != nil && (hist.Provider != ProviderName || req.HistoryAt < 0 || req.HistoryAt+hist.Messages > len(req.Messages)) {
 		hist = nil
 	}
+	// The buffer's size: the fixed parts, the encoded history, and the
+	// messages encoded here (the history's are already in it).
 	size := 256 + len(c.cfg.Model)
+	for i, m := range req.Messages {
+		if hist != nil && i >= req.HistoryAt && i < req.HistoryAt+hist.Messages {
+			continue
+		}
+		size += len(m.Content) + 64
+	}
 	if hist != nil {
 		size += len(hist.Closed)
-	}
-	for _, m := range req.Messages {
-		size += len(m.Content) + 64
 	}
 	b := make([]byte, 0, size+size/8)
 	b = append(b, `{"model":`...)
