@@ -261,12 +261,6 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 		}
 		return rc.Flush() == nil
 	}
-	<-f.started // set before SubmitTurn or FollowTurn returned
-	if !flush(func() error {
-		return writeEvent(w, "start", strconv.Itoa(from), map[string]string{"turnId": f.turnID, "sessionId": sessionID})
-	}) {
-		return
-	}
 	var out []byte // one delta event at a time, reused
 	writeDeltas := func() error {
 		var ok bool
@@ -282,6 +276,17 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 		offset = after
 		_, err := w.Write(out)
 		return err
+	}
+	<-f.started // set before SubmitTurn or FollowTurn returned
+	// The start event goes out with whatever text is already there (a
+	// resumed stream's catch-up), in one write.
+	if !flush(func() error {
+		if err := writeEvent(w, "start", strconv.Itoa(from), map[string]string{"turnId": f.turnID, "sessionId": sessionID}); err != nil {
+			return err
+		}
+		return writeDeltas()
+	}) {
+		return
 	}
 	fail := func(err error) {
 		flush(func() error { return writeEvent(w, "error", strconv.Itoa(offset), classify(err)) })
