@@ -254,8 +254,9 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 	offset := from
 	// flush writes within the write deadline; false: the client is gone or
 	// too slow.
+	var renewAt int64
 	flush := func(events func() error) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(s.opts.WSWriteTimeout))
+		renewWriteDeadline(&renewAt, s.opts.WSWriteTimeout, rc.SetWriteDeadline)
 		if err := events(); err != nil {
 			return false
 		}
@@ -319,6 +320,22 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 }
 
 var errSlowClient = errors.New("client too slow")
+
+// renewWriteDeadline gives a connection's writes at least timeout to
+// complete, renewing the deadline at most once per tenth of timeout (and at
+// least once a second): each renewal is a runtime timer update, which per
+// streamed event was a few percent of the server's CPU. The deadline is
+// set that period further out, so a write has between timeout and timeout
+// plus the period. renewAt is the caller's state, in Unix nanoseconds.
+func renewWriteDeadline(renewAt *int64, timeout time.Duration, set func(time.Time) error) {
+	now := time.Now()
+	if now.UnixNano() < *renewAt {
+		return
+	}
+	period := min(timeout/10, time.Second)
+	_ = set(now.Add(timeout + period))
+	*renewAt = now.Add(period).UnixNano()
+}
 
 func writeEvent(w http.ResponseWriter, event, id string, v any) error {
 	b, err := json.Marshal(v)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -85,4 +86,28 @@ func TestDeltaBufferCoalescesAndBounds(t *testing.T) {
 	d.push("0123456789x", 15)
 	_, _, ok = d.drain(nil)
 	assert.False(t, ok, "over max bytes: the client is too slow")
+}
+
+// The write deadline is renewed at most once per tenth of the timeout, and
+// always leaves a write at least the timeout.
+func TestWriteDeadlineRenewal(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	var renewAt int64
+	var sets []time.Time
+	set := func(d time.Time) error { sets = append(sets, d); return nil }
+	start := time.Now()
+	renewWriteDeadline(&renewAt, timeout, set)
+	require.Len(t, sets, 1)
+	for i := 0; i < 100; i++ {
+		renewWriteDeadline(&renewAt, timeout, set)
+	}
+	if time.Since(start) < timeout/10 {
+		assert.Len(t, sets, 1, "no renewal within a tenth of the timeout")
+	}
+	time.Sleep(timeout/10 + 5*time.Millisecond)
+	now := time.Now()
+	renewWriteDeadline(&renewAt, timeout, set)
+	require.Len(t, sets, 2, "renewed once a tenth of the timeout has passed")
+	assert.WithinDuration(t, now.Add(timeout+timeout/10), sets[1], 5*time.Millisecond)
+	assert.False(t, sets[1].Before(now.Add(timeout)), "a write started now has the whole timeout")
 }
