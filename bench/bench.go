@@ -35,10 +35,15 @@ type Config struct {
 	Duration  time.Duration
 	ServerPID int // for RSS figures when not spawning
 
-	Clients       int // turns: concurrent clients
-	Spaces        int // turns: spaces the clients spread over
-	StreamClients int // stream: WebSocket clients
-	StreamLatency time.Duration
+	Clients int // turns: concurrent clients
+	Spaces  int // turns: spaces the clients spread over
+	// SessionsPerClient is how many sessions each turns client takes in
+	// turn (default 8: 64 clients keep 512 sessions of about 20 turns
+	// over a 20 s run through the mock, instead of 64 sessions of
+	// hundreds, so the figure measures a turn rather than its history).
+	SessionsPerClient int
+	StreamClients     int // stream: WebSocket clients
+	StreamLatency     time.Duration
 	// resume: SSE clients that drop and resume their streams, the words of
 	// the mock model's replies and its streaming rate (spawned server).
 	ResumeClients         int
@@ -136,6 +141,9 @@ func (c *Config) defaults() {
 	}
 	if c.Spaces <= 0 {
 		c.Spaces = 64
+	}
+	if c.SessionsPerClient <= 0 {
+		c.SessionsPerClient = 8
 	}
 	if c.StreamClients <= 0 {
 		c.StreamClients = 1000

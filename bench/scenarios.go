@@ -240,11 +240,15 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	defer t.stop()
 	c := r.cfg
 	p := newPool(t.urls, t.key, c.Clients)
-	sess, err := setupSessions(ctx, p.next, c.Spaces, c.Clients)
+	// Client i takes sessions i, i+clients, i+2·clients, … in turn (all in
+	// the same space); pgbench writes to the first clients sessions.
+	per := max(c.SessionsPerClient, 1)
+	sess, err := setupSessions(ctx, p.next, c.Spaces, c.Clients*per)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
-	r.progress("turns: %d clients over %d spaces and %d processes for %s", c.Clients, c.Spaces, len(t.urls), c.Duration)
+	rounds := make([]int, c.Clients) // owned by client i's goroutine
+	r.progress("turns: %d clients over %d spaces, %d sessions and %d processes for %s", c.Clients, c.Spaces, len(sess), len(t.urls), c.Duration)
 	rec := newRecorder()
 	// CPU per turn of the servers and of this process (load generator
 	// and, when used, the mock model), over every turn including the
@@ -254,7 +258,9 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	own0, _ := cpuTime(os.Getpid())
 	fwd0, fwdErr := p.forwardedSent(ctx)
 	elapsed := loop(ctx, c.Clients, c.Duration, 2*time.Second, rec, func(ctx context.Context, i int) error {
-		err := turn(ctx, p.next(), sess[i], "load test input")
+		s := sess[i+c.Clients*(rounds[i]%per)]
+		rounds[i]++
+		err := turn(ctx, p.next(), s, "load test input")
 		if err == nil {
 			done.Add(1)
 		}
@@ -278,9 +284,9 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 			res.Extra["forwardedPerTurn"] = round2((fwd1 - fwd0) / float64(n))
 		}
 		res.Extra["benchCpuPerTurnUs"] = round2(float64((own1 - own0).Microseconds()) / float64(n))
-		res.Extra["historyTurnsAtEnd"] = n / int64(c.Clients)
+		res.Extra["historyTurnsAtEnd"] = n / int64(len(sess))
 	}
-	res.Settings["clients"], res.Settings["spaces"] = c.Clients, c.Spaces
+	res.Settings["clients"], res.Settings["spaces"], res.Settings["sessions"] = c.Clients, c.Spaces, len(sess)
 	fill(res, rec.summary(), elapsed, "turns/s")
 	res.ErrorSamples = rec.errMsg
 	r.progress("%s: %.1f turns/s p99 %.1f ms errors %d", name, res.Throughput, res.P99Ms, res.Errors)
