@@ -218,11 +218,11 @@ type stopMsg struct {
 }
 
 // Go runs fn as a task on a goroutine of its own (a kept worker when one
-// is idle) with the actor's context; call
-// it from Receive. The message fn returns (if not nil) is delivered to the
-// actor's mailbox even when it is full. If fn panics, the message made by
-// onPanic from the recovered error is delivered instead, so whoever waits
-// on the task is answered. The actor is not idle while a task runs.
+// is idle) with the actor's context; call it from Receive. The message fn
+// returns (if not nil) is delivered to the actor's mailbox even when it is
+// full. If fn panics, the message made by onPanic from the recovered error
+// is delivered instead, so whoever waits on the task is answered. The
+// actor is not idle while a task runs.
 func (a *Actor) Go(fn func(ctx context.Context) any, onPanic func(err error) any) {
 	a.tasks.Add(1)
 	a.sys.tasks.Add(1)
