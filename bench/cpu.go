@@ -40,6 +40,61 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
 
+// statFields are the fields of /proc/<pid>/stat after the command name:
+// f[1] is the parent pid, f[11]..f[14] utime, stime, cutime and cstime.
+func statFields(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 15 {
+		return nil, errors.New("short /proc stat")
+	}
+	return f, nil
+}
+
+// treeCPU is the CPU time of a process, of its live children and of the
+// children it has reaped: for a postmaster, the whole database server
+// (backends that have exited are counted through the postmaster's cutime
+// and cstime).
+func treeCPU(pid int) (time.Duration, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	ticks := int64(0)
+	for _, k := range []int{11, 12, 13, 14} {
+		v, _ := strconv.ParseInt(f[k], 10, 64)
+		ticks += v
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	parent := strconv.Itoa(pid)
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil || child == pid {
+			continue
+		}
+		cf, err := statFields(child)
+		if err != nil || cf[1] != parent {
+			continue
+		}
+		for _, k := range []int{11, 12} {
+			v, _ := strconv.ParseInt(cf[k], 10, 64)
+			ticks += v
+		}
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
 // turnMode is how a cpu phase runs its turns.
 type turnMode string
 
@@ -286,12 +341,27 @@ func (r *runner) footprint(ctx context.Context) (*Result, error) {
 	file, _ := statusKiB(t.pid, "RssFile")
 	heap, _ := metric(ctx, a, "go_memstats_heap_inuse_bytes")
 	stack, _ := metric(ctx, a, "go_memstats_stack_inuse_bytes")
-	// One request first so the connection pool and the user's key are warm
-	// in both the client and the server, as in a running deployment.
-	if _, _, err := createSpace(ctx, a, "warm"); err != nil {
+	// Sixteen concurrent creates first, so that the connection pools (the
+	// clients' HTTP connections, the server's database connections with
+	// their prepared statements) and the user's key are warm, as in a
+	// running deployment that has seen this concurrency before.
+	if err := parallel(ctx, 16, 16, func(i int) error {
+		_, err := a.CreateSpace(ctx, client.SpaceInput{Label: fmt.Sprintf("warm %d", i)})
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	rec := newRecorder()
+	// CPU time per create, less noisy than the elapsed time on a shared
+	// machine: the server's, the bench's own (the 16 clients) and, when the
+	// bench runs the database, the database server's.
+	srv0, srvErr := cpuTime(t.pid)
+	own0, _ := cpuTime(os.Getpid())
+	var db0 time.Duration
+	dbErr := errors.New("database not run by the bench")
+	if r.pg != nil {
+		db0, dbErr = treeCPU(r.pg.Pid())
+	}
 	start := time.Now()
 	err = parallel(ctx, 16, 1000, func(i int) error {
 		st := time.Now()
@@ -306,15 +376,29 @@ func (r *runner) footprint(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	srv1, srvErr1 := cpuTime(t.pid)
+	own1, _ := cpuTime(os.Getpid())
+	var db1 time.Duration
+	if dbErr == nil {
+		db1, dbErr = treeCPU(r.pg.Pid())
+	}
 	after, _ := rssKiB(t.pid)
 	res := &Result{Name: "footprint", Settings: t.settings, ErrorSamples: rec.errMsg}
 	fill(res, rec.summary(), el, "spaces/s")
-	res.Extra = map[string]any{"create1000S": round2(el.Seconds())}
+	res.Extra = map[string]any{"create1000S": round2(el.Seconds()),
+		"benchCpuPerCreateUs": round2(float64((own1 - own0).Microseconds()) / 1000)}
+	if srvErr == nil && srvErr1 == nil && t.pid > 0 {
+		res.Extra["serverCpuPerCreateUs"] = round2(float64((srv1 - srv0).Microseconds()) / 1000)
+	}
+	if dbErr == nil {
+		res.Extra["dbCpuPerCreateUs"] = round2(float64((db1 - db0).Microseconds()) / 1000)
+	}
 	if rssErr == nil && t.pid > 0 {
 		res.Extra["idleRssKiB"], res.Extra["rssAfterCreateKiB"] = idle, after
 		res.Extra["idleRssAnonKiB"], res.Extra["idleRssFileKiB"] = anon, file
 		res.Extra["idleHeapInuseKiB"], res.Extra["idleStackInuseKiB"] = int64(heap)/1024, int64(stack)/1024
 	}
-	r.progress("footprint: idle RSS %d KiB, 1,000 spaces in %.2f s", idle, el.Seconds())
+	r.progress("footprint: idle RSS %d KiB, 1,000 spaces in %.2f s (CPU per create: server %v, database %v, bench %v µs)",
+		idle, el.Seconds(), res.Extra["serverCpuPerCreateUs"], res.Extra["dbCpuPerCreateUs"], res.Extra["benchCpuPerCreateUs"])
 	return res, nil
 }

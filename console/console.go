@@ -10,10 +10,10 @@ import (
 	"embed"
 	"encoding/hex"
 	"io/fs"
-	"mime"
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -35,11 +35,29 @@ type asset struct {
 	ctype string
 }
 
+// contentTypes are the types of the console's files by extension. A fixed
+// table, not the mime package's: that one reads the host's MIME databases
+// (/etc/mime.types and others, hundreds of entries) the first time it is
+// asked, and lets them override the answer.
+var contentTypes = map[string]string{
+	".html": "text/html; charset=utf-8",
+	".js":   "text/javascript; charset=utf-8",
+	".css":  "text/css; charset=utf-8",
+	".svg":  "image/svg+xml",
+	".png":  "image/png",
+	".ico":  "image/x-icon",
+	".json": "application/json",
+}
+
 // Handler serves the console: "/" answers the page, Prefix+name its
 // assets. Any other path, and a missing asset, is passed to notFound.
 type Handler struct {
-	assets   map[string]asset // by path below static/, e.g. "app.js"
 	notFound http.Handler
+
+	// The assets are read, hashed and typed on the first request, not at
+	// start-up: a server nobody opens the console of never pays for them.
+	once   sync.Once
+	assets map[string]asset // by path below static/, e.g. "app.js"
 }
 
 // New returns the console's handler. notFound answers paths that are not
@@ -48,7 +66,12 @@ func New(notFound http.Handler) *Handler {
 	if notFound == nil {
 		notFound = http.HandlerFunc(http.NotFound)
 	}
-	h := &Handler{assets: map[string]asset{}, notFound: notFound}
+	return &Handler{notFound: notFound}
+}
+
+// load reads the embedded files into h.assets.
+func (h *Handler) load() {
+	h.assets = map[string]asset{}
 	err := fs.WalkDir(static, "static", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -58,7 +81,7 @@ func New(notFound http.Handler) *Handler {
 			return err
 		}
 		sum := sha256.Sum256(b)
-		ct := mime.TypeByExtension(path.Ext(p))
+		ct := contentTypes[path.Ext(p)]
 		if ct == "" {
 			ct = http.DetectContentType(b)
 		}
@@ -70,7 +93,6 @@ func New(notFound http.Handler) *Handler {
 		// broken build, not a runtime condition.
 		panic("console: reading the embedded files: " + err.Error())
 	}
-	return h
 }
 
 // ServeHTTP answers GET and HEAD for the page and its assets. Every answer
@@ -83,6 +105,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(r.URL.Path, Prefix):
 		name = strings.TrimPrefix(r.URL.Path, Prefix)
 	}
+	h.once.Do(h.load)
 	a, ok := h.assets[name]
 	if !ok || name == "" {
 		h.notFound.ServeHTTP(w, r)

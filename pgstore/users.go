@@ -191,6 +191,10 @@ func (s *Store) ListenKeyRevocations(ctx context.Context, revoked func(userID st
 func (s *Store) Listen(ctx context.Context, channel string, notified func(payload string), resync func()) error {
 	cfg := s.pool.Config().ConnConfig.Copy()
 	cfg.Tracer = nil
+	// The connection only sends LISTEN and pings, as simple queries: it
+	// needs no statement or description cache (512 entries each, allocated
+	// up front).
+	cfg.StatementCacheCapacity, cfg.DescriptionCacheCapacity = 0, 0
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > listenPing {
 		cfg.ConnectTimeout = listenPing
 	}
