@@ -23,18 +23,6 @@ func scanSpace(r pgx.Row) (session.Space, error) {
 	return sp, err
 }
 
-// createSpaceSQL inserts a space ($1, owned by $2), its root session ($9)
-// and the root's data slots. The root takes the space's label and system
-// prompt; $10 and $11 are its role and status.
-const createSpaceSQL = `WITH sp AS (
-		INSERT INTO spaces (id, user_id, label, system_prompt, consolidate_prompt, integrate_prompt, config, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-	), root AS (
-		INSERT INTO sessions (id, space_id, parent_id, source_session_id, label, role, status, scope, depth, idx, turn_count, created_at, updated_at, last_active_at)
-		VALUES ($9, $1, NULL, NULL, $3, $10, $11, NULL, 0, 0, 0, $8, $8, $8)
-	)
-	INSERT INTO session_data (session_id, space_id, system_prompt) VALUES ($9, $1, $4)`
-
 // CreateSpace creates a space and its root session in one transaction. The
 // root session takes the space's label and system prompt.
 func (s *Store) CreateSpace(ctx context.Context, userID string, in session.SpaceInput) (session.Space, session.State, error) {
@@ -50,12 +38,12 @@ func (s *Store) CreateSpace(ctx context.Context, userID string, in session.Space
 			Status: session.StatusActive, CreatedAt: t, UpdatedAt: t, LastActiveAt: t},
 		Data: session.Data{SystemPrompt: in.SystemPrompt},
 	}
-	// One statement: one round trip, one transaction, one set of protocol
-	// messages. The foreign keys are checked at its end, when all three
-	// rows exist.
-	_, err := s.pool.Exec(ctx, createSpaceSQL, sp.ID, userID, sp.Label, sp.SystemPrompt, sp.ConsolidatePrompt,
-		sp.IntegratePrompt, []byte(cfg), t, root.Meta.ID, root.Meta.Role, root.Meta.Status)
-	if err != nil {
+	// One batch: one round trip, one implicit transaction.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO spaces (id, user_id, label, system_prompt, consolidate_prompt, integrate_prompt, config, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)`, sp.ID, userID, sp.Label, sp.SystemPrompt, sp.ConsolidatePrompt, sp.IntegratePrompt, []byte(cfg), t)
+	queueSession(b, root)
+	if err := s.sendBatch(ctx, b); err != nil {
 		return session.Space{}, session.State{}, wrap(ctx, "create space", err)
 	}
 	return sp, root, nil
