@@ -124,17 +124,28 @@ func TestTurnLogCost(t *testing.T) {
 	assert.Equal(t, 4, withRows, "the logged servers' sessions: the turns line and the log-on side of the comparison")
 	assert.Equal(t, 2, withoutRows, "the --turn-log=false run's two sessions")
 	assert.GreaterOrEqual(t, float64(rows), with.Extra["pgbenchTps"].(float64))
+	// pgbench's commits were fenced by the leases the server held.
+	var leased int
+	require.NoError(t, st.Pool().QueryRow(context.Background(),
+		`SELECT count(*) FROM bench_turn_sessions WHERE node_id IS NOT NULL AND epoch IS NOT NULL`).Scan(&leased))
+	assert.Equal(t, 2, leased)
 }
 
-// TestTurnSQLMatchesCommitTurn: the pgbench script writes the same tables
-// as the commit of a turn, and its variant leaves out only the turn log.
+// TestTurnSQLMatchesCommitTurn: the pgbench script sends the statements of
+// the commit of a turn, fence first, and its variant leaves out only the
+// turn log row.
 func TestTurnSQLMatchesCommitTurn(t *testing.T) {
-	for _, stmt := range []string{"INSERT INTO records", "UPDATE sessions", "INSERT INTO turns", "ON CONFLICT (space_id, session_id, id) DO NOTHING", `\startpipeline`, `\endpipeline`} {
-		assert.Contains(t, pgbench.TurnSQL, stmt)
+	for name, script := range map[string]string{"with": pgbench.TurnSQL, "without": pgbench.TurnSQLWithoutLog} {
+		fence := strings.Index(script, "SELECT stello_fence(")
+		records := strings.Index(script, "INSERT INTO records")
+		update := strings.Index(script, "UPDATE sessions")
+		require.True(t, fence >= 0 && records > fence && update > records, "%s: fence, records, session update:\n%s", name, script)
+		assert.Equal(t, 1, strings.Count(script, "UPDATE sessions"), name)
+		assert.Equal(t, 1, strings.Count(script, `\startpipeline`), name)
+		assert.Equal(t, 1, strings.Count(script, `\endpipeline`), name)
 	}
+	assert.Contains(t, pgbench.TurnSQL, "WITH s AS (\n  UPDATE sessions", "the session update inserts the row")
+	assert.Contains(t, pgbench.TurnSQL, "INSERT INTO turns")
 	assert.NotContains(t, pgbench.TurnSQLWithoutLog, "INSERT INTO turns")
-	for _, stmt := range []string{"INSERT INTO records", "UPDATE sessions", `\startpipeline`, `\endpipeline`} {
-		assert.Contains(t, pgbench.TurnSQLWithoutLog, stmt)
-	}
-	assert.Equal(t, 1, strings.Count(pgbench.TurnSQLWithoutLog, `\endpipeline`))
+	assert.NotContains(t, pgbench.TurnSQLWithoutLog, "WITH s AS")
 }

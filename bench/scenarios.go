@@ -291,19 +291,33 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 	res.ErrorSamples = rec.errMsg
 	r.progress("%s: %.1f turns/s p99 %.1f ms errors %d", name, res.Throughput, res.P99Ms, res.Errors)
 	if r.dbURL != "" && withPgbench {
-		tps, err := r.runPgbench(ctx, sess, c.Clients, pgbench.TurnSQL)
+		// The commit with and without the turn log row (the log's cost to
+		// the database alone), in four alternating phases of half the
+		// duration each (with, without, without, with), so that the
+		// database's growth and the shared machine's drift weigh on both.
+		var tps, tps0 float64
+		var phases []float64
+		var err error
+		half := c.Duration / 2
+		for _, withLog := range []bool{true, false, false, true} {
+			script, sum := pgbench.TurnSQL, &tps
+			if !withLog {
+				script, sum = pgbench.TurnSQLWithoutLog, &tps0
+			}
+			var t float64
+			if t, err = r.runPgbench(ctx, sess, c.Clients, script, half); err != nil {
+				break
+			}
+			*sum += t / 2
+			phases = append(phases, round2(t))
+		}
 		if err != nil {
 			r.progress("pgbench: %v", err)
 			res.Extra["pgbenchError"] = err.Error()
 		} else {
-			// The same commit without the turn log row: the log's cost to
-			// the database alone.
-			if tps0, err := r.runPgbench(ctx, sess, c.Clients, pgbench.TurnSQLWithoutLog); err == nil && tps0 > 0 {
-				res.Extra["pgbenchTpsWithoutLog"] = round2(tps0)
-				res.Extra["pgbenchLogRatio"] = round2(tps / tps0)
-			} else if err != nil {
-				res.Extra["pgbenchWithoutLogError"] = err.Error()
-			}
+			res.Extra["pgbenchTpsWithoutLog"] = round2(tps0)
+			res.Extra["pgbenchLogRatio"] = round2(tps / tps0)
+			res.Extra["pgbenchPhasesTps"] = phases
 			ratio := round2(res.Throughput / tps)
 			res.PgbenchRatio = &ratio
 			res.Extra["pgbenchTps"] = round2(tps)
@@ -315,8 +329,8 @@ func (r *runner) turnsWith(ctx context.Context, name string, model mockllm.Confi
 }
 
 // runPgbench runs script (turn.sql or its variant) with one session per
-// client at the same concurrency and returns its TPS.
-func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients int, script string) (float64, error) {
+// client at the same concurrency for d (at least 5 s) and returns its TPS.
+func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients int, script string, d time.Duration) (float64, error) {
 	bin, err := exec.LookPath("pgbench")
 	if err != nil {
 		dir, derr := embedpg.FindBinaries()
@@ -333,12 +347,19 @@ func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients in
 		return 0, err
 	}
 	defer conn.Close(context.Background())
+	// Each client's session, with the lease its space is held under: the
+	// server loaded every space while the turns ran, so the lease exists
+	// and turn.sql's fence checks it as CommitTurn's does. A space without
+	// a lease (a server that runs without leases) is not fenced.
 	if _, err := conn.Exec(ctx, `DROP TABLE IF EXISTS bench_turn_sessions;
-		CREATE TABLE bench_turn_sessions (n int PRIMARY KEY, space_id uuid NOT NULL, session_id uuid NOT NULL)`); err != nil {
+		CREATE TABLE bench_turn_sessions (n int PRIMARY KEY, space_id uuid NOT NULL, session_id uuid NOT NULL,
+			node_id uuid, epoch bigint)`); err != nil {
 		return 0, err
 	}
 	for i, s := range sess {
-		if _, err := conn.Exec(ctx, "INSERT INTO bench_turn_sessions VALUES ($1, $2, $3)", i, s.space, s.session); err != nil {
+		if _, err := conn.Exec(ctx, `INSERT INTO bench_turn_sessions
+			SELECT $1, $2, $3, l.node_id, l.epoch FROM (SELECT) AS one LEFT JOIN space_leases l ON l.space_id = $2`,
+			i, s.space, s.session); err != nil {
 			return 0, err
 		}
 	}
@@ -351,13 +372,12 @@ func (r *runner) runPgbench(ctx context.Context, sess []benchSession, clients in
 		return 0, err
 	}
 	f.Close()
-	d := int(r.cfg.Duration.Seconds())
-	if d < 5 {
-		d = 5
-	}
-	r.progress("pgbench: turn.sql, %d clients, %ds", clients, d)
-	cmd := exec.CommandContext(ctx, bin, "-n", "-M", "extended", "-f", f.Name(), "-c", strconv.Itoa(clients), "-j", "2",
-		"-T", strconv.Itoa(d), r.dbURL)
+	secs := max(int(d.Seconds()), 5)
+	r.progress("pgbench: turn.sql, %d clients, %ds", clients, secs)
+	// Prepared statements, as pgx sends them (it prepares each statement
+	// once per connection and caches it).
+	cmd := exec.CommandContext(ctx, bin, "-n", "-M", "prepared", "-f", f.Name(), "-c", strconv.Itoa(clients), "-j", "2",
+		"-T", strconv.Itoa(secs), r.dbURL)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("pgbench: %v: %s", err, lastLines(string(out), 5))
@@ -393,7 +413,7 @@ func (r *runner) pgbenchOnly(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	tps, err := r.runPgbench(ctx, sess, r.cfg.Clients, pgbench.TurnSQL)
+	tps, err := r.runPgbench(ctx, sess, r.cfg.Clients, pgbench.TurnSQL, r.cfg.Duration)
 	if err != nil {
 		return nil, err
 	}

@@ -136,8 +136,9 @@ func (s *Store) RecordsAfter(ctx context.Context, spaceID, sessionID string, aft
 const commitTimeout = 30 * time.Second
 
 // CommitTurn writes a turn's records, bumps the turn count and last-active
-// time and clears the consumed insight, in one transaction. It returns the
-// new turn count and the ids given to the records.
+// time, clears the consumed insight and, with c.Log, inserts the turn's row
+// in the turn log, in one transaction. It returns the new turn count and
+// the ids given to the records.
 func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []int64, error) {
 	roles := make([]string, len(c.Records))
 	contents := make([]string, len(c.Records))
@@ -167,14 +168,26 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 		SELECT $1, $2, t.role, t.content, t.calls, t.call_id, $7
 		FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[]) WITH ORDINALITY AS t(role, content, calls, call_id, n)
 		ORDER BY t.n RETURNING id`, c.SpaceID, c.SessionID, roles, contents, calls, callIDs, c.At)
-	b.Queue(`UPDATE sessions SET turn_count = turn_count + 1, last_active_at = $3, updated_at = $3
+	if c.Log == nil {
+		b.Queue(`UPDATE sessions SET turn_count = turn_count + 1, last_active_at = $3, updated_at = $3
 		WHERE space_id = $1 AND id = $2 RETURNING turn_count`, c.SpaceID, c.SessionID, c.At)
+	} else {
+		// The turn's row is inserted from the session row the same
+		// statement updates: no row without its session, and no foreign
+		// key check (the session row stays locked until the commit, so a
+		// delete of the session waits for it, then deletes the row too).
+		// A turn id is new: a conflict on it fails the commit.
+		args := turnLogArgs(*c.Log)
+		args[1], args[2] = c.SpaceID, c.SessionID
+		b.Queue(`WITH s AS (
+			UPDATE sessions SET turn_count = turn_count + 1, last_active_at = $15, updated_at = $15
+			WHERE space_id = $2 AND id = $3 RETURNING space_id, id, turn_count)
+		INSERT INTO turns `+turnLogValues+` FROM s
+		RETURNING (SELECT turn_count FROM s)`, append(args, c.At)...)
+	}
 	if c.ConsumedInsight != nil {
 		b.Queue(`UPDATE session_data SET insight = NULL WHERE space_id = $1 AND session_id = $2 AND insight = $3`,
 			c.SpaceID, c.SessionID, *c.ConsumedInsight)
-	}
-	if c.Log != nil {
-		queueTurnLog(b, *c.Log)
 	}
 	var turns int
 	var ids []int64
@@ -213,11 +226,6 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 			return err
 		}
 		if c.ConsumedInsight != nil {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		}
-		if c.Log != nil {
 			if _, err := br.Exec(); err != nil {
 				return err
 			}

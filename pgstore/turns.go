@@ -21,28 +21,58 @@ func nullable(s string) *string {
 	return &s
 }
 
-// queueTurnLog queues the insert of a turn's row.
-func queueTurnLog(b *pgx.Batch, l session.TurnLog) {
+// turnLogValues is the column list of a turn's row, and its values from
+// the parameters $1 (the turn id) and $4 to $14 (state to finish time); the
+// space and session ids are those of the session row the insert reads
+// (s.space_id, s.id), as the table has no foreign key (migration 004).
+const turnLogValues = `(id, space_id, session_id, state, input, idempotency_key, final_content,
+		tool_round_count, tool_calls_executed, raw_response, error_code, error_message, created_at, finished_at)
+	SELECT $1, s.space_id, s.id, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14`
+
+// turnLogArgs returns the parameters of turnLogValues; $2 and $3 are the
+// space and session ids.
+func turnLogArgs(l session.TurnLog) []any {
 	fin := time.Now().UTC()
 	if l.FinishedAt != nil {
 		fin = *l.FinishedAt
 	}
-	b.Queue(`INSERT INTO turns (id, space_id, session_id, state, input, idempotency_key, final_content,
-		tool_round_count, tool_calls_executed, raw_response, error_code, error_message, created_at, finished_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-		ON CONFLICT (space_id, session_id, id) DO NOTHING`,
-		l.ID, l.SpaceID, l.SessionID, l.State, l.Input, nullable(l.IdempotencyKey), l.FinalContent,
+	return []any{l.ID, l.SpaceID, l.SessionID, l.State, l.Input, nullable(l.IdempotencyKey), l.FinalContent,
 		l.ToolRoundCount, l.ToolCallsExecuted, l.RawResponse, nullable(l.ErrorCode), nullable(l.ErrorMessage),
-		l.CreatedAt, fin)
+		l.CreatedAt, fin}
 }
 
 // LogTurn writes the row of a turn that failed or was cancelled (completed
-// turns are logged by CommitTurn, in the turn's own transaction).
+// turns are logged by CommitTurn, in the turn's own transaction). The row
+// is inserted from the session's row, locked until the insert commits: a
+// session deleted before gets no row (ErrNotFound), one deleted after has
+// its rows deleted with it. A turn already logged keeps its row, so a
+// commit that reached the database although its caller saw an error stays
+// completed.
 func (s *Store) LogTurn(ctx context.Context, l session.TurnLog) error {
 	b := &pgx.Batch{}
-	queueFence(ctx, b, l.SpaceID)
-	queueTurnLog(b, l)
-	return wrap(ctx, "log turn", s.pool.SendBatch(ctx, b).Close())
+	fenced := queueFence(ctx, b, l.SpaceID)
+	b.Queue(`WITH s AS (SELECT space_id, id FROM sessions WHERE space_id = $2 AND id = $3 FOR KEY SHARE),
+		logged AS (INSERT INTO turns `+turnLogValues+` FROM s
+			ON CONFLICT (space_id, session_id, id) DO NOTHING)
+		SELECT count(*) FROM s`, turnLogArgs(l)...)
+	err := func() error {
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if fenced {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		var n int
+		if err := br.QueryRow().Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return pgx.ErrNoRows
+		}
+		return br.Close()
+	}()
+	return wrap(ctx, "log turn", err)
 }
 
 func scanTurnLog(row pgx.Row) (session.TurnLog, error) {

@@ -7,24 +7,36 @@ import (
 	"strings"
 )
 
-// TurnSQL is turn.sql: one turn's commit, turn log row included.
+// turnSQL is turn.sql: both variants of the session update, each after its
+// marker.
 //
 //go:embed turn.sql
-var TurnSQL string
+var turnSQL string
 
-// turnLogMarker starts the turn log statement in turn.sql; it runs to the
-// end of the pipeline.
-const turnLogMarker = "-- turn log"
+// The markers in turn.sql: the session update that inserts the turn log
+// row follows withLogMarker, the plain one withoutLogMarker, and the
+// pipeline ends after both.
+const (
+	withLogMarker    = "-- with the turn log"
+	withoutLogMarker = "-- without the turn log"
+	endMarker        = `\endpipeline`
+)
 
-// TurnSQLWithoutLog is turn.sql without the turn log row: the commit of a
-// server run with --turn-log=false.
-var TurnSQLWithoutLog = withoutLog(TurnSQL)
+// TurnSQL is one turn's commit, turn log row included.
+var TurnSQL = variant(turnSQL, true)
 
-func withoutLog(s string) string {
-	i := strings.Index(s, turnLogMarker)
-	j := strings.Index(s, `\endpipeline`)
-	if i < 0 || j < i {
-		panic("turn.sql: no turn log statement before \\endpipeline")
+// TurnSQLWithoutLog is the commit of a server run with --turn-log=false.
+var TurnSQLWithoutLog = variant(turnSQL, false)
+
+func variant(s string, withLog bool) string {
+	i := strings.Index(s, withLogMarker)
+	j := strings.Index(s, withoutLogMarker)
+	k := strings.Index(s, endMarker)
+	if i < 0 || j < i || k < j {
+		panic("turn.sql: the markers are not in order: " + withLogMarker + ", " + withoutLogMarker + ", " + endMarker)
+	}
+	if withLog {
+		return s[:j] + s[k:]
 	}
 	return s[:i] + s[j:]
 }
