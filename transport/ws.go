@@ -45,7 +45,7 @@ type wsConn struct {
 	userID  string
 	keyHash [32]byte // SHA-256 of the API key it was opened with
 	ws      *websocket.Conn
-	gone    chan struct{} // closed when the reader ends
+	sock    *wsSock // the TCP connection under ws; nil when not plain TCP
 
 	mu       sync.Mutex
 	queue    []outMsg
@@ -83,11 +83,16 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			"a key offered as the subprotocol stello.key.<key> must come with the subprotocol "+Subprotocol))
 		return
 	}
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), gone: make(chan struct{}), room: make(chan struct{}, 1),
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), room: make(chan struct{}, 1),
 		upgrade: upgradeSpan(r)}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	var hj *sockHijacker
+	if _, ok := w.(http.Hijacker); ok {
+		hj = &sockHijacker{ResponseWriter: w}
+		w = hj
 	}
 	ws, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
@@ -96,12 +101,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(s.opts.WSMaxMessageBytes)
 	c.lastSeen.Store(time.Now().UnixNano())
-	ws.SetPongHandler(func(string) error {
-		c.lastSeen.Store(time.Now().UnixNano())
-		return nil
-	})
+	ws.SetPongHandler(c.pong)
 	c.mu.Lock()
 	c.ws = ws
+	if hj != nil {
+		c.sock = hj.sock
+	}
 	pending := c.pending
 	c.mu.Unlock()
 	s.conns.Store(c, struct{}{})
@@ -116,8 +121,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.hub.ensure()
 	// Read on a fresh goroutine and let the HTTP handler's goroutine, whose
 	// stack grew through the router and the upgrade, end: an idle
-	// connection then holds one small stack.
+	// connection then holds one small stack (see wsSock).
 	go c.readLoop()
+}
+
+// pong records that the peer answered a ping.
+func (c *wsConn) pong(string) error {
+	c.lastSeen.Store(time.Now().UnixNano())
+	return nil
 }
 
 // offersSubprotocol reports whether the upgrade request offers proto.
@@ -130,19 +141,50 @@ func offersSubprotocol(r *http.Request, proto string) bool {
 	return false
 }
 
-// readLoop runs until the peer goes away. A panic while handling a message
-// is answered with an error to that message; the connection stays open.
+// readLoop reads until the peer goes away. A panic while handling a
+// message is answered with an error to that message; the connection stays
+// open. On a plain TCP connection it waits for the socket with a shallow
+// stack, and once it has read something and gorilla holds nothing more, it
+// hands over to a fresh goroutine and ends (see wsSock).
 func (c *wsConn) readLoop() {
-	defer c.teardown()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			c.teardown()
+		}
+	}()
 	defer func() {
 		if v := recover(); v != nil {
 			_ = c.s.guard.Caught("ws.reader", v)
 		}
 	}()
+	deep := false // this goroutine went past the shallow wait: its stack may have grown
 	for {
+		if c.sock != nil && c.sock.drained() {
+			if deep {
+				handedOver = true
+				go c.readLoop()
+				return
+			}
+			if err := c.sock.wait(); err != nil {
+				return
+			}
+			op, err := c.sock.control(c.answerPing, func() { _ = c.pong("") })
+			if err != nil {
+				return
+			}
+			if op != 0 {
+				deep = op == opPing // answering wrote through gorilla
+				continue
+			}
+			deep = true
+		}
 		_, data, err := c.ws.ReadMessage()
 		if err != nil {
 			return
+		}
+		if c.sock != nil {
+			c.sock.returned()
 		}
 		c.lastSeen.Store(time.Now().UnixNano())
 		if !c.waitRoom() {
@@ -197,9 +239,6 @@ func (c *wsConn) waitRoom() bool {
 		}
 		select {
 		case <-c.room:
-		case <-c.gone:
-			timer.Stop()
-			return false
 		case <-timer.C:
 			c.dropSlow()
 			return false
@@ -208,7 +247,6 @@ func (c *wsConn) waitRoom() bool {
 }
 
 func (c *wsConn) teardown() {
-	close(c.gone)
 	c.mu.Lock()
 	c.closed = true
 	c.queue = nil
