@@ -29,7 +29,10 @@ const maxTurnsPerConn = 16
 var writeBufferPool = &sync.Pool{}
 
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  512,
+	// Every connection keeps its read buffer. 128 bytes hold a control
+	// frame (gorilla's minimum); a longer message is read past the buffer,
+	// straight into the message.
+	ReadBufferSize:  128,
 	WriteBufferSize: 4096,
 	WriteBufferPool: writeBufferPool,
 	Subprotocols:    []string{Subprotocol},
@@ -54,7 +57,7 @@ type wsConn struct {
 	closed   bool
 	closeMsg []byte        // the close frame the writer still has to send
 	pending  *closeReq     // a close asked for before the upgrade finished
-	room     chan struct{} // signalled by the writer when the queue shrinks
+	room     chan struct{} // signalled by the writer when the queue shrinks; made when the reader first waits for room
 
 	entered  string // owned by the reader goroutine
 	turns    atomic.Int32
@@ -83,7 +86,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			"a key offered as the subprotocol stello.key.<key> must come with the subprotocol "+Subprotocol))
 		return
 	}
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), room: make(chan struct{}, 1),
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r),
 		upgrade: upgradeSpan(r)}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
@@ -224,6 +227,10 @@ func (c *wsConn) waitRoom() bool {
 		c.mu.Lock()
 		closed := c.closed
 		full := len(c.queue) >= c.readHold() || c.queued >= c.s.opts.WSSendQueueBytes/2
+		if full && c.room == nil {
+			c.room = make(chan struct{}, 1)
+		}
+		room := c.room
 		c.mu.Unlock()
 		if closed {
 			return false
@@ -238,7 +245,7 @@ func (c *wsConn) waitRoom() bool {
 			timer = time.NewTimer(c.s.opts.WSWriteTimeout)
 		}
 		select {
-		case <-c.room:
+		case <-room:
 		case <-timer.C:
 			c.dropSlow()
 			return false
@@ -283,9 +290,10 @@ func (c *wsConn) CloseWith(code int, reason string) {
 	c.closeMsg = websocket.FormatCloseMessage(code, reason)
 	start := !c.writing
 	c.writing = true
+	room := c.room
 	c.mu.Unlock()
 	select {
-	case c.room <- struct{}{}:
+	case room <- struct{}{}:
 	default:
 	}
 	if start {
@@ -426,9 +434,10 @@ func (c *wsConn) writeLoop() {
 		} else {
 			c.queued -= len(m.data)
 		}
+		room := c.room
 		c.mu.Unlock()
 		select {
-		case c.room <- struct{}{}:
+		case room <- struct{}{}:
 		default:
 		}
 		_ = c.ws.SetWriteDeadline(time.Now().Add(c.s.opts.WSWriteTimeout))
