@@ -32,7 +32,10 @@ const maxTurnsPerConn = 16
 var writeBufferPool = &sync.Pool{}
 
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  512,
+	// Every connection keeps its read buffer. 128 bytes hold a control
+	// frame (gorilla's minimum); a longer message is read past the buffer,
+	// straight into the message.
+	ReadBufferSize:  128,
 	WriteBufferSize: 4096,
 	WriteBufferPool: writeBufferPool,
 	Subprotocols:    []string{Subprotocol},
@@ -48,7 +51,7 @@ type wsConn struct {
 	userID  string
 	keyHash [32]byte // SHA-256 of the API key it was opened with
 	ws      *websocket.Conn
-	gone    chan struct{} // closed when the reader ends
+	sock    *wsSock // the TCP connection under ws; nil when not plain TCP
 
 	mu       sync.Mutex
 	queue    []outMsg
@@ -57,7 +60,7 @@ type wsConn struct {
 	closed   bool
 	closeMsg []byte        // the close frame the writer still has to send
 	pending  *closeReq     // a close asked for before the upgrade finished
-	room     chan struct{} // signalled by the writer when the queue shrinks
+	room     chan struct{} // signalled by the writer when the queue shrinks; made when the reader first waits for room
 
 	entered  string // owned by the reader goroutine
 	turns    atomic.Int32
@@ -86,11 +89,16 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			"a key offered as the subprotocol stello.key.<key> must come with the subprotocol "+Subprotocol))
 		return
 	}
-	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r), gone: make(chan struct{}), room: make(chan struct{}, 1),
+	c := &wsConn{s: s, spaceID: spaceID(r), userID: userID(r), keyHash: requestKeyHash(r),
 		upgrade: upgradeSpan(r)}
 	if err := s.spaces.Attach(r.Context(), c.userID, c.spaceID, c); err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	var hj *sockHijacker
+	if _, ok := w.(http.Hijacker); ok {
+		hj = &sockHijacker{ResponseWriter: w}
+		w = hj
 	}
 	ws, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
@@ -99,12 +107,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(s.opts.WSMaxMessageBytes)
 	c.lastSeen.Store(time.Now().UnixNano())
-	ws.SetPongHandler(func(string) error {
-		c.lastSeen.Store(time.Now().UnixNano())
-		return nil
-	})
+	ws.SetPongHandler(c.pong)
 	c.mu.Lock()
 	c.ws = ws
+	if hj != nil {
+		c.sock = hj.sock
+	}
 	pending := c.pending
 	c.mu.Unlock()
 	s.conns.Store(c, struct{}{})
@@ -119,8 +127,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.hub.ensure()
 	// Read on a fresh goroutine and let the HTTP handler's goroutine, whose
 	// stack grew through the router and the upgrade, end: an idle
-	// connection then holds one small stack.
+	// connection then holds one small stack (see wsSock).
 	go c.readLoop()
+}
+
+// pong records that the peer answered a ping.
+func (c *wsConn) pong(string) error {
+	c.lastSeen.Store(time.Now().UnixNano())
+	return nil
 }
 
 // offersSubprotocol reports whether the upgrade request offers proto.
@@ -133,19 +147,50 @@ func offersSubprotocol(r *http.Request, proto string) bool {
 	return false
 }
 
-// readLoop runs until the peer goes away. A panic while handling a message
-// is answered with an error to that message; the connection stays open.
+// readLoop reads until the peer goes away. A panic while handling a
+// message is answered with an error to that message; the connection stays
+// open. On a plain TCP connection it waits for the socket with a shallow
+// stack, and once it has read something and gorilla holds nothing more, it
+// hands over to a fresh goroutine and ends (see wsSock).
 func (c *wsConn) readLoop() {
-	defer c.teardown()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			c.teardown()
+		}
+	}()
 	defer func() {
 		if v := recover(); v != nil {
 			_ = c.s.guard.Caught("ws.reader", v)
 		}
 	}()
+	deep := false // this goroutine went past the shallow wait: its stack may have grown
 	for {
+		if c.sock != nil && c.sock.drained() {
+			if deep {
+				handedOver = true
+				go c.readLoop()
+				return
+			}
+			if err := c.sock.wait(); err != nil {
+				return
+			}
+			op, err := c.sock.control(c.answerPing, func() { _ = c.pong("") })
+			if err != nil {
+				return
+			}
+			if op != 0 {
+				deep = op == opPing // answering wrote through gorilla
+				continue
+			}
+			deep = true
+		}
 		_, data, err := c.ws.ReadMessage()
 		if err != nil {
 			return
+		}
+		if c.sock != nil {
+			c.sock.returned()
 		}
 		c.lastSeen.Store(time.Now().UnixNano())
 		if !c.waitRoom() {
@@ -185,6 +230,10 @@ func (c *wsConn) waitRoom() bool {
 		c.mu.Lock()
 		closed := c.closed
 		full := len(c.queue) >= c.readHold() || c.queued >= c.s.opts.WSSendQueueBytes/2
+		if full && c.room == nil {
+			c.room = make(chan struct{}, 1)
+		}
+		room := c.room
 		c.mu.Unlock()
 		if closed {
 			return false
@@ -199,10 +248,7 @@ func (c *wsConn) waitRoom() bool {
 			timer = time.NewTimer(c.s.opts.WSWriteTimeout)
 		}
 		select {
-		case <-c.room:
-		case <-c.gone:
-			timer.Stop()
-			return false
+		case <-room:
 		case <-timer.C:
 			c.dropSlow()
 			return false
@@ -211,7 +257,6 @@ func (c *wsConn) waitRoom() bool {
 }
 
 func (c *wsConn) teardown() {
-	close(c.gone)
 	c.mu.Lock()
 	c.closed = true
 	c.queue = nil
@@ -248,9 +293,10 @@ func (c *wsConn) CloseWith(code int, reason string) {
 	c.closeMsg = websocket.FormatCloseMessage(code, reason)
 	start := !c.writing
 	c.writing = true
+	room := c.room
 	c.mu.Unlock()
 	select {
-	case c.room <- struct{}{}:
+	case room <- struct{}{}:
 	default:
 	}
 	if start {
@@ -419,9 +465,10 @@ func (c *wsConn) writeLoop() {
 		} else {
 			c.queued -= len(m.data)
 		}
+		room := c.room
 		c.mu.Unlock()
 		select {
-		case c.room <- struct{}{}:
+		case room <- struct{}{}:
 		default:
 		}
 		_ = c.ws.SetWriteDeadline(time.Now().Add(c.s.opts.WSWriteTimeout))

@@ -1,0 +1,211 @@
+package transport_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stellohq/stello/internal/testutil"
+)
+
+// maskedFrame encodes a client frame (masked, as RFC 6455 requires).
+func maskedFrame(fin bool, op byte, payload []byte) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	b := []byte{b0}
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, 0x80|byte(n))
+	case n <= 0xffff:
+		b = append(b, 0x80|126)
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+	default:
+		b = append(b, 0x80|127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	key := []byte{0xa1, 0xb2, 0xc3, 0xd4}
+	b = append(b, key...)
+	for i, c := range payload {
+		b = append(b, c^key[i%4])
+	}
+	return b
+}
+
+// unknown is a message the server answers with UNKNOWN_TYPE and its id.
+func unknown(id string) []byte { return []byte(`{"type":"no.such","id":"` + id + `"}`) }
+
+// wsRaw writes bytes straight to the connection's socket.
+func wsRaw(t *testing.T, c *websocket.Conn, b []byte) {
+	t.Helper()
+	require.NoError(t, c.NetConn().SetWriteDeadline(time.Now().Add(wsWait)))
+	_, err := c.NetConn().Write(b)
+	require.NoError(t, err)
+}
+
+// wsAnswered reads the answers to unknown(id) for each id, in order.
+func wsAnswered(t *testing.T, c *websocket.Conn, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		m := wsRead(t, c)
+		require.Equal(t, "error", m.Type, m.raw)
+		require.Equal(t, "UNKNOWN_TYPE", m.Code, m.raw)
+		require.NotNil(t, m.ID, m.raw)
+		require.Equal(t, id, *m.ID)
+	}
+}
+
+// wsPonged checks that the pong the client's reads delivered carries
+// payload. The answers read after the ping were written after the pong.
+func wsPonged(t *testing.T, pongs <-chan string, payload string) {
+	t.Helper()
+	select {
+	case p := <-pongs:
+		assert.Equal(t, payload, p)
+	default:
+		t.Fatal("the ping was not answered")
+	}
+}
+
+// idle leaves the connection alone long enough for its reader to wait on
+// the socket, with garbage collections (which shrink stacks) in between.
+func idle() {
+	for range 3 {
+		runtime.GC()
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Several messages, a ping and a pong arriving in one write (so the server
+// reads them at once), one of them fragmented around the pong, are all
+// read and answered in order, the ping with a pong carrying its payload;
+// a message sent after a long idle period is read too.
+func TestWSReadsEverythingThatArrivesAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newWSEnv(t, testutil.StackOptions{})
+	c := e.dial(t, e.spaceID)
+	pongs := make(chan string, 4)
+	c.SetPongHandler(func(s string) error { pongs <- s; return nil })
+	idle()
+
+	msgB := unknown("b")
+	var b []byte
+	b = append(b, maskedFrame(true, websocket.TextMessage, unknown("a"))...)
+	b = append(b, maskedFrame(true, websocket.PingMessage, []byte("p1"))...)
+	b = append(b, maskedFrame(false, websocket.TextMessage, msgB[:7])...)
+	b = append(b, maskedFrame(true, websocket.PongMessage, nil)...)
+	b = append(b, maskedFrame(true, 0, msgB[7:])...)
+	b = append(b, maskedFrame(true, websocket.TextMessage, unknown("c"))...)
+	wsRaw(t, c, b)
+	wsAnswered(t, c, "a", "b", "c")
+	wsPonged(t, pongs, "p1")
+
+	idle()
+	wsSend(t, c, string(unknown("d")))
+	wsAnswered(t, c, "d")
+	wsEnter(t, c, e.rootID)
+	idle()
+	m := wsCall(t, c, map[string]any{"type": "session.leave", "id": "leave"})
+	assert.Equal(t, "session.left", m.Type, m.raw)
+}
+
+// Frames that arrive a few bytes at a time, with 16- and 64-bit lengths,
+// are read whole; pings between them are answered.
+func TestWSReadsFramesSplitAcrossWrites(t *testing.T) {
+	t.Parallel()
+	e := newWSEnv(t, testutil.StackOptions{})
+	c := e.dial(t, e.spaceID)
+	pongs := make(chan string, 4)
+	c.SetPongHandler(func(s string) error { pongs <- s; return nil })
+	long := func(id string, n int) []byte {
+		return []byte(`{"type":"no.such","id":"` + id + `"` + strings.Repeat(" ", n) + `}`)
+	}
+	var b []byte
+	b = append(b, maskedFrame(true, websocket.TextMessage, unknown("a"))...)
+	b = append(b, maskedFrame(true, websocket.PingMessage, []byte("p2"))...)
+	b = append(b, maskedFrame(true, websocket.TextMessage, long("b", 300))...)
+	b = append(b, maskedFrame(true, websocket.TextMessage, long("c", 70000))...)
+	for off := 0; off < len(b); {
+		n := min(1+off%3, len(b)-off)
+		if off > 300 {
+			n = min(4096, len(b)-off)
+		}
+		wsRaw(t, c, b[off:off+n])
+		off += n
+		time.Sleep(time.Millisecond)
+	}
+	wsAnswered(t, c, "a", "b", "c")
+	wsPonged(t, pongs, "p2")
+}
+
+// A client's close frame is answered with a close frame, after a long idle
+// period too, and the connection is released.
+func TestWSClientCloseAfterIdle(t *testing.T) {
+	t.Parallel()
+	e := newWSEnv(t, testutil.StackOptions{})
+	c := e.dial(t, e.spaceID)
+	wsEnter(t, c, e.rootID)
+	idle()
+	require.NoError(t, c.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"), time.Now().Add(wsWait)))
+	ce := wsReadClose(t, c)
+	assert.Equal(t, websocket.CloseNormalClosure, ce.Code)
+	require.Eventually(t, func() bool { return e.conns(e.spaceID) == 0 }, wsWait, 10*time.Millisecond)
+}
+
+// opaqueListener hands out connections that are not *net.TCPConn, as a
+// TLS listener or a proxy's would.
+type opaqueListener struct{ net.Listener }
+
+type opaqueConn struct{ net.Conn }
+
+func (l opaqueListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return opaqueConn{c}, nil
+}
+
+// Over a connection that is not plain TCP the server reads in gorilla's
+// read path: messages, pings and a message after a long idle period are
+// all answered.
+func TestWSOverNonTCPConnection(t *testing.T) {
+	t.Parallel()
+	e := newWSEnv(t, testutil.StackOptions{})
+	srv := httptest.NewUnstartedServer(e.stack.HTTP.Config.Handler)
+	srv.Listener = opaqueListener{srv.Listener}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/spaces/" + e.spaceID + "/ws"
+	c, _, err := websocket.DefaultDialer.Dial(url, map[string][]string{"X-API-Key": {e.key}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	pongs := make(chan string, 4)
+	c.SetPongHandler(func(s string) error { pongs <- s; return nil })
+
+	wsEnter(t, c, e.rootID)
+	var b []byte
+	for i := range 3 {
+		b = append(b, maskedFrame(true, websocket.TextMessage, unknown(fmt.Sprint(i)))...)
+	}
+	b = append(b, maskedFrame(true, websocket.PingMessage, []byte("p3"))...)
+	wsRaw(t, c, b)
+	wsAnswered(t, c, "0", "1", "2")
+	idle()
+	wsSend(t, c, string(unknown("after")))
+	wsAnswered(t, c, "after")
+	wsPonged(t, pongs, "p3")
+	require.NoError(t, c.Close())
+	require.Eventually(t, func() bool { return e.conns(e.spaceID) == 0 }, wsWait, 10*time.Millisecond)
+}
