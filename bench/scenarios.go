@@ -565,8 +565,8 @@ func (r *runner) connections(ctx context.Context) (*Result, error) {
 	if baseErr == nil && afterErr == nil && t.pid > 0 {
 		per := float64(after-base) / float64(c.Conns)
 		res.Extra["rssBaseKiB"], res.Extra["rssAfterKiB"], res.Extra["rssPerConnKiB"] = base, after, round2(per)
-		res.Target = "≤12 KiB/conn, all answer"
-		res.Met = boolp(per <= 12 && s.Error == 0)
+		res.Target = "≤8 KiB/conn, all answer"
+		res.Met = boolp(per <= 8 && s.Error == 0)
 		r.progress("connections: %.2f KiB per connection, %d answered, %d errors", per, s.N, s.Error)
 	} else {
 		res.Extra["rss"] = "unknown: pass --server-pid or --spawn"
