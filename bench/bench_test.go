@@ -103,6 +103,11 @@ func TestTurnsAgainstPgbench(t *testing.T) {
 	require.NoError(t, st.Pool().QueryRow(context.Background(), "SELECT sum(turn_count) FROM sessions").Scan(&turns))
 	// pgbench ran at least 5 s at that rate on the same sessions.
 	assert.GreaterOrEqual(t, float64(turns), s.Extra["pgbenchTps"].(float64), "pgbench's commits bump the sessions' turn counts")
+	// Each client took its 8 sessions in turn: every one has turns.
+	assert.EqualValues(t, 16, s.Settings["sessions"])
+	var used int
+	require.NoError(t, st.Pool().QueryRow(context.Background(), "SELECT count(*) FROM sessions WHERE turn_count > 0").Scan(&used))
+	assert.Equal(t, 16, used, "2 clients × 8 sessions each")
 }
 
 func TestUnknownScenario(t *testing.T) {

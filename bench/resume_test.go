@@ -89,7 +89,7 @@ func TestTurnLogCost(t *testing.T) {
 	dbURL := testutil.MigratedURL(t)
 	var table, progress bytes.Buffer
 	rep, err := bench.Run(context.Background(), bench.Config{Spawn: true, Exe: exe, DatabaseURL: dbURL, Scenario: "turns",
-		Model: "fake", Duration: 500 * time.Millisecond, Clients: 2, Spaces: 2}, &table, &progress)
+		Model: "fake", Duration: 500 * time.Millisecond, Clients: 2, Spaces: 2, SessionsPerClient: 1}, &table, &progress)
 	require.NoError(t, err, progress.String())
 	require.Len(t, rep.Scenarios, 2, progress.String())
 	with, without := rep.Scenarios[0], rep.Scenarios[1]
