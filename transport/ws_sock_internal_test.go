@@ -11,7 +11,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// clientFrame encodes a masked client frame.
+// MaskedFrame lets the external tests encode client frames too.
+var MaskedFrame = clientFrame
+
+// clientFrame encodes a client frame (masked, as RFC 6455 requires).
 func clientFrame(fin bool, op byte, payload []byte) []byte {
 	b0 := op
 	if fin {

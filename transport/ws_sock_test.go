@@ -1,7 +1,6 @@
 package transport_test
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/http/httptest"
@@ -15,32 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/internal/testutil"
+	"github.com/stellohq/stello/transport"
 )
-
-// maskedFrame encodes a client frame (masked, as RFC 6455 requires).
-func maskedFrame(fin bool, op byte, payload []byte) []byte {
-	b0 := op
-	if fin {
-		b0 |= 0x80
-	}
-	b := []byte{b0}
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, 0x80|byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x80|126)
-		b = binary.BigEndian.AppendUint16(b, uint16(n))
-	default:
-		b = append(b, 0x80|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	key := []byte{0xa1, 0xb2, 0xc3, 0xd4}
-	b = append(b, key...)
-	for i, c := range payload {
-		b = append(b, c^key[i%4])
-	}
-	return b
-}
 
 // unknown is a message the server answers with UNKNOWN_TYPE and its id.
 func unknown(id string) []byte { return []byte(`{"type":"no.such","id":"` + id + `"}`) }
@@ -100,12 +75,12 @@ func TestWSReadsEverythingThatArrivesAtOnce(t *testing.T) {
 
 	msgB := unknown("b")
 	var b []byte
-	b = append(b, maskedFrame(true, websocket.TextMessage, unknown("a"))...)
-	b = append(b, maskedFrame(true, websocket.PingMessage, []byte("p1"))...)
-	b = append(b, maskedFrame(false, websocket.TextMessage, msgB[:7])...)
-	b = append(b, maskedFrame(true, websocket.PongMessage, nil)...)
-	b = append(b, maskedFrame(true, 0, msgB[7:])...)
-	b = append(b, maskedFrame(true, websocket.TextMessage, unknown("c"))...)
+	b = append(b, transport.MaskedFrame(true, websocket.TextMessage, unknown("a"))...)
+	b = append(b, transport.MaskedFrame(true, websocket.PingMessage, []byte("p1"))...)
+	b = append(b, transport.MaskedFrame(false, websocket.TextMessage, msgB[:7])...)
+	b = append(b, transport.MaskedFrame(true, websocket.PongMessage, nil)...)
+	b = append(b, transport.MaskedFrame(true, 0, msgB[7:])...)
+	b = append(b, transport.MaskedFrame(true, websocket.TextMessage, unknown("c"))...)
 	wsRaw(t, c, b)
 	wsAnswered(t, c, "a", "b", "c")
 	wsPonged(t, pongs, "p1")
@@ -131,10 +106,10 @@ func TestWSReadsFramesSplitAcrossWrites(t *testing.T) {
 		return []byte(`{"type":"no.such","id":"` + id + `"` + strings.Repeat(" ", n) + `}`)
 	}
 	var b []byte
-	b = append(b, maskedFrame(true, websocket.TextMessage, unknown("a"))...)
-	b = append(b, maskedFrame(true, websocket.PingMessage, []byte("p2"))...)
-	b = append(b, maskedFrame(true, websocket.TextMessage, long("b", 300))...)
-	b = append(b, maskedFrame(true, websocket.TextMessage, long("c", 70000))...)
+	b = append(b, transport.MaskedFrame(true, websocket.TextMessage, unknown("a"))...)
+	b = append(b, transport.MaskedFrame(true, websocket.PingMessage, []byte("p2"))...)
+	b = append(b, transport.MaskedFrame(true, websocket.TextMessage, long("b", 300))...)
+	b = append(b, transport.MaskedFrame(true, websocket.TextMessage, long("c", 70000))...)
 	for off := 0; off < len(b); {
 		n := min(1+off%3, len(b)-off)
 		if off > 300 {
@@ -197,9 +172,9 @@ func TestWSOverNonTCPConnection(t *testing.T) {
 	wsEnter(t, c, e.rootID)
 	var b []byte
 	for i := range 3 {
-		b = append(b, maskedFrame(true, websocket.TextMessage, unknown(fmt.Sprint(i)))...)
+		b = append(b, transport.MaskedFrame(true, websocket.TextMessage, unknown(fmt.Sprint(i)))...)
 	}
-	b = append(b, maskedFrame(true, websocket.PingMessage, []byte("p3"))...)
+	b = append(b, transport.MaskedFrame(true, websocket.PingMessage, []byte("p3"))...)
 	wsRaw(t, c, b)
 	wsAnswered(t, c, "0", "1", "2")
 	idle()
