@@ -101,7 +101,10 @@ func (a *Actor) send(msg any, internal bool) error {
 	}
 	a.mu.Unlock()
 	if start {
-		go a.run()
+		// On a kept worker: a behavior's Receive may go deep (encoding a
+		// message for a connection), which on a fresh goroutine grows and
+		// copies its stack on every burst.
+		a.sys.pool.run(a.run)
 	}
 	return nil
 }
