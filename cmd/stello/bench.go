@@ -24,6 +24,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "pid of the measured server, for RSS figures without --spawn")
 	fs.IntVar(&c.Clients, "clients", 64, "turns: concurrent REST clients")
 	fs.IntVar(&c.Spaces, "spaces", 64, "turns: spaces the clients spread over")
+	fs.IntVar(&c.CPUSessions, "cpu-sessions", 512, "cpu: sessions measured at 10 and about 20 turns of history (two turns each per phase; more sessions, less noise)")
 	fs.IntVar(&c.SessionsPerClient, "sessions-per-client", 8, "turns: sessions each client takes in turn (its history grows that much slower)")
 	fs.IntVar(&c.StreamClients, "stream-clients", 1000, "stream: WebSocket clients")
 	fs.DurationVar(&c.StreamLatency, "stream-latency", 500*time.Millisecond, "stream: model time to first token")
