@@ -434,8 +434,11 @@ func (s *Server) serve(ln net.Listener, h http.Handler, name string, list *[]*li
 		} else if err == nil {
 			// This process holds the address now: a process registered at
 			// it before (killed, then restarted here) is gone, and its
-			// spaces need not wait for its heartbeat to lapse.
-			err = s.member.ReplacePredecessors(ctx)
+			// spaces need not wait for its heartbeat to lapse. Only a
+			// speed-up: on failure they move when that heartbeat lapses.
+			if e := s.member.ReplacePredecessors(ctx); e != nil {
+				s.log.Warn("take over from the previous process at this address", zap.Error(e))
+			}
 		}
 		cancel()
 		if err != nil {
@@ -472,6 +475,16 @@ func (s *Server) close(ctx context.Context) error {
 
 	var errs []error
 	s.front.Close() // WebSockets get 1001; /readyz answers 503
+	if s.member != nil {
+		// Give up the address first: a replacement started on it while
+		// this process drains must not take its spaces, and fence its
+		// turns in flight, before Leave hands them back.
+		vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := s.member.Vacate(vctx); err != nil {
+			s.log.Warn("give up the advertise URL", zap.Error(err))
+		}
+		cancel()
+	}
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
 	for _, l := range servers {

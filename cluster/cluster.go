@@ -124,6 +124,18 @@ func (m *Membership) SetAdvertiseURL(ctx context.Context, url string) error {
 	return nil
 }
 
+// Vacate starts leaving: this process stops accepting requests and gives
+// up its advertise URL, so that a process started on the same address
+// while this one drains does not take its spaces (and fence its turns in
+// flight) before Leave hands them back.
+func (m *Membership) Vacate(ctx context.Context) error {
+	m.leaving.Store(true)
+	if err := m.store.VacateNode(ctx, m.opts.NodeID); err != nil {
+		return fmt.Errorf("leave the cluster: %w", err)
+	}
+	return nil
+}
+
 // ReplacePredecessors removes the processes that were registered at this
 // process's advertise URL before it (see pgstore.ReplaceNodesAt): call it
 // only once this process holds the address (its listener is bound there).
@@ -201,13 +213,20 @@ func (m *Membership) beat(ctx context.Context, timeout time.Duration) {
 	sent := time.Now()
 	bctx, cancel := context.WithTimeout(ctx, timeout)
 	ok, err := m.store.Heartbeat(bctx, m.opts.NodeID)
-	if err == nil && !ok && !m.leaving.Load() {
-		// Pruned after a long silence: register again.
+	// The row is gone: pruned after a long silence, or deleted by a process
+	// that took this one's address over. Its leases went with it.
+	gone := err == nil && !ok && !m.leaving.Load()
+	if gone {
 		err = m.store.RegisterNode(bctx, m.opts.NodeID, m.AdvertiseURL(), m.opts.LeaseTTL)
 	}
 	cancel()
 	if err == nil {
-		if !m.Alive() && !m.lost.Load() {
+		if gone {
+			m.log.Warn("this process's registration was deleted, and its leases with it: registered again; stopping every space actor")
+			if m.opts.OnLost != nil {
+				m.opts.OnLost()
+			}
+		} else if !m.Alive() && !m.lost.Load() {
 			// The process was paused (or the heartbeat slow) past the TTL
 			// without a failure to notice it: others may own its spaces
 			// by now, so its memory of them cannot be trusted.

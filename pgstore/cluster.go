@@ -68,6 +68,14 @@ func (s *Store) ReplaceNodesAt(ctx context.Context, id, advertiseURL string) (in
 	return n, wrap(ctx, "replace processes at "+advertiseURL, err)
 }
 
+// VacateNode clears a stopping process's advertise URL: a process started
+// on the same address meanwhile (ReplaceNodesAt) then leaves it, and its
+// leases, alone while it drains; its leases go when it deregisters.
+func (s *Store) VacateNode(ctx context.Context, id string) error {
+	_, err := s.pool.Exec(ctx, "UPDATE nodes SET advertise_url = '' WHERE id = $1", id)
+	return wrap(ctx, "vacate the advertise URL", err)
+}
+
 // Heartbeat renews this process's heartbeat: one statement, however many
 // spaces it owns. It reports false when the node is not registered (a
 // process presumed dead for long was pruned): the caller registers again.

@@ -205,7 +205,11 @@ func (c *wsConn) handleSafe(data []byte) {
 	defer func() {
 		if v := recover(); v != nil {
 			_ = c.s.guard.Caught("ws.handler", v)
-			c.fail(messageID(data), "HANDLER_ERROR", "internal error")
+			c.fail(messageID(data), "HANDLER_ERROR", "internal error") // marks the message's span failed
+		}
+		// The message's span ends here, after a panic's answer marked it.
+		if c.span != nil {
+			c.endMessageSpan(c.span)
 		}
 	}()
 	c.handle(data)
@@ -570,8 +574,7 @@ func (c *wsConn) handle(data []byte) {
 	if closed {
 		return
 	}
-	ctx, span := c.messageSpan(m.Type)
-	defer c.endMessageSpan(span)
+	ctx, _ := c.messageSpan(m.Type) // ended by handleSafe
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	switch m.Type {
