@@ -132,7 +132,11 @@ func (a *Actor) run() {
 		a.lastActive.Store(time.Now().UnixNano())
 		switch m := msg.(type) {
 		case stopMsg:
-			if m.onlyIfIdle && (!a.beh.Idle() || a.tasks.Load() > 0 || a.pending() > 0) {
+			idle := false // a behavior that panics saying is not idle
+			if m.onlyIfIdle {
+				a.safely(func() { idle = a.beh.Idle() })
+			}
+			if m.onlyIfIdle && (!idle || a.tasks.Load() > 0 || a.pending() > 0) {
 				continue
 			}
 			if m.onlyIfIdle {
@@ -145,7 +149,7 @@ func (a *Actor) run() {
 				// The behavior's state may be half-updated: answer the
 				// message's caller, stop, and let the next message start a
 				// fresh actor that reloads from the database.
-				a.beh.Reject(msg, err)
+				a.safely(func() { a.beh.Reject(msg, err) })
 				a.stop(err)
 				return
 			}
@@ -239,7 +243,7 @@ func (a *Actor) Go(fn func(ctx context.Context) any, onPanic func(err error) any
 				// The actor stopped while the task ran: whoever waits for
 				// the result still gets an answer.
 				a.sys.dropped.Add(1)
-				a.beh.Reject(msg, err)
+				a.safely(func() { a.beh.Reject(msg, err) })
 			}
 		}
 	})

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stellohq/stello/internal/guard"
 )
 
 // workerIdle is how long a worker goroutine waits for its next function
@@ -23,17 +25,19 @@ const (
 // finding maxIdleWorkers already idle exits at once.
 type workers struct {
 	ctx     context.Context
-	idle    chan func() // unbuffered: a send succeeds only into an idle worker
+	guard   *guard.Guard // catches what f did not recover (may be nil)
+	idle    chan func()  // unbuffered: a send succeeds only into an idle worker
 	waiting atomic.Int32
 	wg      sync.WaitGroup
 }
 
-func newWorkers(ctx context.Context) *workers {
-	return &workers{ctx: ctx, idle: make(chan func())}
+func newWorkers(ctx context.Context, g *guard.Guard) *workers {
+	return &workers{ctx: ctx, guard: g, idle: make(chan func())}
 }
 
-// run runs f on an idle worker, or on a new one. f must recover its own
-// panics.
+// run runs f on an idle worker, or on a new one. f should recover its own
+// panics (to answer whoever waits on it); one that escapes is caught,
+// logged and counted, and the worker goes on.
 func (w *workers) run(f func()) {
 	select {
 	case w.idle <- f:
@@ -47,7 +51,7 @@ func (w *workers) loop(f func()) {
 	defer w.wg.Done()
 	var t *time.Timer
 	for {
-		f()
+		w.call(f)
 		f = nil // nothing of the last function stays reachable while idle
 		if w.waiting.Add(1) > maxIdleWorkers {
 			w.waiting.Add(-1)
@@ -70,6 +74,16 @@ func (w *workers) loop(f func()) {
 			return
 		}
 	}
+}
+
+// call runs f, catching a panic at the worker's boundary.
+func (w *workers) call(f func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			_ = w.guard.Caught("actor.worker", v)
+		}
+	}()
+	f()
 }
 
 // wait waits until every worker has exited (after ctx ended).

@@ -26,7 +26,7 @@ func goroutineID() string {
 
 func TestTasksRunOnKeptWorkers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := newWorkers(ctx)
+	w := newWorkers(ctx, nil)
 	defer func() { cancel(); w.wait() }()
 	ids := make(chan string, 1)
 	run := func() string {
@@ -44,7 +44,7 @@ func TestTasksRunOnKeptWorkers(t *testing.T) {
 
 func TestConcurrentTasksNeverWaitForAWorker(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := newWorkers(ctx)
+	w := newWorkers(ctx, nil)
 	defer func() { cancel(); w.wait() }()
 	// More tasks than may stay idle, all blocked at once: each gets its own
 	// goroutine at once.
@@ -80,4 +80,23 @@ func TestIdleWorkersExitWhenTheSystemCloses(t *testing.T) {
 	defer cancel()
 	require.NoError(t, s.Close(ctx))
 	assert.EqualValues(t, 0, s.pool.waiting.Load(), "Close waits for the idle workers to exit")
+}
+
+// A function that panics past its own recover does not take the process
+// or the worker down: the worker goes on to the next function.
+func TestAWorkerSurvivesAPanic(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := newWorkers(ctx, nil)
+	defer func() { cancel(); w.wait() }()
+	done := make(chan string, 1)
+	w.run(func() { panic("boom") })
+	require.Eventually(t, func() bool { return w.waiting.Load() == 1 }, time.Second, time.Millisecond,
+		"the worker that panicked is idle again")
+	w.run(func() { done <- "ran" })
+	select {
+	case v := <-done:
+		assert.Equal(t, "ran", v)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the next function never ran")
+	}
 }

@@ -62,7 +62,7 @@ func NewSystem(opts Options, factory Factory) *System {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &System{opts: opts, factory: factory, actors: xsync.NewMapOf[string, *Actor](),
 		done: xsync.NewMapOf[*Actor, chan struct{}](), ctx: ctx, cancel: cancel}
-	s.pool = newWorkers(ctx)
+	s.pool = newWorkers(ctx, opts.Guard)
 	if opts.IdleTTL > 0 {
 		s.loop.Add(1)
 		go s.evictLoop()
