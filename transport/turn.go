@@ -254,9 +254,9 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 	offset := from
 	// flush writes within the write deadline; false: the client is gone or
 	// too slow.
-	var renewAt int64
+	var renewAt time.Time
 	flush := func(events func() error) bool {
-		renewWriteDeadline(&renewAt, s.opts.WSWriteTimeout, rc.SetWriteDeadline)
+		renewWriteDeadline(&renewAt, time.Now(), s.opts.WSWriteTimeout, rc.SetWriteDeadline)
 		if err := events(); err != nil {
 			return false
 		}
@@ -326,15 +326,15 @@ var errSlowClient = errors.New("client too slow")
 // least once a second): each renewal is a runtime timer update, which per
 // streamed event was a few percent of the server's CPU. The deadline is
 // set that period further out, so a write has between timeout and timeout
-// plus the period. renewAt is the caller's state, in Unix nanoseconds.
-func renewWriteDeadline(renewAt *int64, timeout time.Duration, set func(time.Time) error) {
-	now := time.Now()
-	if now.UnixNano() < *renewAt {
+// plus the period. renewAt is the caller's state (monotonic time, so a
+// step of the wall clock does not skip renewals).
+func renewWriteDeadline(renewAt *time.Time, now time.Time, timeout time.Duration, set func(time.Time) error) {
+	if now.Before(*renewAt) {
 		return
 	}
 	period := min(timeout/10, time.Second)
 	_ = set(now.Add(timeout + period))
-	*renewAt = now.Add(period).UnixNano()
+	*renewAt = now.Add(period)
 }
 
 func writeEvent(w http.ResponseWriter, event, id string, v any) error {

@@ -88,26 +88,27 @@ func TestDeltaBufferCoalescesAndBounds(t *testing.T) {
 	assert.False(t, ok, "over max bytes: the client is too slow")
 }
 
-// The write deadline is renewed at most once per tenth of the timeout, and
-// always leaves a write at least the timeout.
+// The write deadline is renewed at most once per tenth of the timeout (at
+// least once a second), and always leaves a write at least the timeout.
 func TestWriteDeadlineRenewal(t *testing.T) {
-	const timeout = 200 * time.Millisecond
-	var renewAt int64
-	var sets []time.Time
-	set := func(d time.Time) error { sets = append(sets, d); return nil }
-	start := time.Now()
-	renewWriteDeadline(&renewAt, timeout, set)
-	require.Len(t, sets, 1)
-	for i := 0; i < 100; i++ {
-		renewWriteDeadline(&renewAt, timeout, set)
+	for _, tc := range []struct{ timeout, period time.Duration }{
+		{200 * time.Millisecond, 20 * time.Millisecond},
+		{30 * time.Second, time.Second},
+	} {
+		var renewAt time.Time
+		var sets []time.Time
+		set := func(d time.Time) error { sets = append(sets, d); return nil }
+		start := time.Now()
+		renewWriteDeadline(&renewAt, start, tc.timeout, set)
+		require.Len(t, sets, 1)
+		assert.Equal(t, start.Add(tc.timeout+tc.period), sets[0])
+		for i := 0; i < 100; i++ {
+			renewWriteDeadline(&renewAt, start.Add(tc.period*time.Duration(i)/100), tc.timeout, set)
+		}
+		assert.Len(t, sets, 1, "no renewal within the period (timeout %v)", tc.timeout)
+		later := start.Add(tc.period)
+		renewWriteDeadline(&renewAt, later, tc.timeout, set)
+		require.Len(t, sets, 2, "renewed once the period has passed (timeout %v)", tc.timeout)
+		assert.False(t, sets[1].Before(later.Add(tc.timeout)), "a write started now has the whole timeout")
 	}
-	if time.Since(start) < timeout/10 {
-		assert.Len(t, sets, 1, "no renewal within a tenth of the timeout")
-	}
-	time.Sleep(timeout/10 + 5*time.Millisecond)
-	now := time.Now()
-	renewWriteDeadline(&renewAt, timeout, set)
-	require.Len(t, sets, 2, "renewed once a tenth of the timeout has passed")
-	assert.WithinDuration(t, now.Add(timeout+timeout/10), sets[1], 5*time.Millisecond)
-	assert.False(t, sets[1].Before(now.Add(timeout)), "a write started now has the whole timeout")
 }
