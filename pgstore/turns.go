@@ -49,29 +49,15 @@ func turnLogArgs(l session.TurnLog) []any {
 // commit that reached the database although its caller saw an error stays
 // completed.
 func (s *Store) LogTurn(ctx context.Context, l session.TurnLog) error {
-	b := &pgx.Batch{}
-	fenced := queueFence(ctx, b, l.SpaceID)
-	b.Queue(`WITH s AS (SELECT space_id, id FROM sessions WHERE space_id = $2 AND id = $3 FOR KEY SHARE),
+	var n int
+	err := s.queryRowSpace(ctx, l.SpaceID, func(r pgx.Row) error { return r.Scan(&n) },
+		`WITH s AS (SELECT space_id, id FROM sessions WHERE space_id = $2 AND id = $3 FOR KEY SHARE),
 		logged AS (INSERT INTO turns `+turnLogValues+` FROM s
 			ON CONFLICT (space_id, session_id, id) DO NOTHING)
 		SELECT count(*) FROM s`, turnLogArgs(l)...)
-	err := func() error {
-		br := s.pool.SendBatch(ctx, b)
-		defer br.Close()
-		if fenced {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		}
-		var n int
-		if err := br.QueryRow().Scan(&n); err != nil {
-			return err
-		}
-		if n == 0 {
-			return pgx.ErrNoRows
-		}
-		return br.Close()
-	}()
+	if err == nil && n == 0 {
+		err = pgx.ErrNoRows
+	}
 	return wrap(ctx, "log turn", err)
 }
 
