@@ -617,6 +617,12 @@ func (r *runner) leaseWindow(ctx context.Context, t *target, a *client.Client, o
 	actors, _ := metric(ctx, a, "stello_active_actors")
 	goroutines, _ := metric(ctx, a, "stello_goroutines")
 	held, heldErr := r.leasesHeld(ctx, t.url)
+	// The window counts the renewal cost of k spaces only if k are active
+	// and leased: a run whose activations failed must not report a flat
+	// rate as met.
+	if int(actors) != k || (heldErr == nil && held != k) {
+		return nil, fmt.Errorf("leases: %v active actors and %v leases held, want %d of each", actors, held, k)
+	}
 	s0, err := snapshotCounters(ctx, obs, pgss)
 	if err != nil {
 		return nil, err
