@@ -569,7 +569,12 @@ func TestRestartOnTheSameAddressTakesOverAtOnce(t *testing.T) {
 	go func() { served <- srv.Serve(ln) }()
 	defer func() {
 		require.NoError(t, srv.Close(context.Background()))
-		require.ErrorIs(t, <-served, http.ErrServerClosed)
+		select {
+		case err := <-served:
+			require.ErrorIs(t, err, http.ErrServerClosed)
+		case <-time.After(time.Minute):
+			t.Fatal("Serve did not return after Close")
+		}
 	}()
 	c := client.New(addr, key)
 	require.Eventually(t, func() bool { return c.Health(ctx) == nil }, 10*time.Second, 10*time.Millisecond)

@@ -809,6 +809,7 @@ func (l *lbLoad) end(t *testing.T) {
 // unique.
 func (l *lbLoad) checkForks(t *testing.T, st *pgstore.Store, c *client.Client) {
 	t.Helper()
+	require.NotEmpty(t, l.forks, "some forks answered 201")
 	ctx := testCtx(t, time.Minute)
 	trees := map[string][]string{}
 	for _, f := range l.forks {
