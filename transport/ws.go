@@ -175,7 +175,9 @@ func (c *wsConn) readLoop() {
 			if err := c.sock.wait(); err != nil {
 				return
 			}
-			op, err := c.sock.control(c.answerPing, func() { _ = c.pong("") })
+			// Gorilla's own handlers, as its read path would call them.
+			op, err := c.sock.control(func(p []byte) error { return c.ws.PingHandler()(string(p)) },
+				func() { _ = c.ws.PongHandler()("") })
 			if err != nil {
 				return
 			}

@@ -2,12 +2,10 @@ package transport
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"syscall"
-	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -197,17 +195,6 @@ func (s *wsSock) recv(b []byte) (int, error) {
 		return 0, err
 	}
 	return n, serr
-}
-
-// answerPing answers a ping as gorilla does: a pong with its payload, a
-// failure to write it ignored unless the connection is broken.
-func (c *wsConn) answerPing(payload []byte) error {
-	err := c.ws.WriteControl(websocket.PongMessage, payload, time.Now().Add(time.Second))
-	var ne net.Error
-	if err == nil || errors.Is(err, websocket.ErrCloseSent) || (errors.As(err, &ne) && ne.Timeout()) {
-		return nil
-	}
-	return err
 }
 
 // sockHijacker hands gorilla the hijacked connection wrapped in a wsSock
