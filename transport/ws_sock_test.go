@@ -184,3 +184,38 @@ func TestWSOverNonTCPConnection(t *testing.T) {
 	require.NoError(t, c.Close())
 	require.Eventually(t, func() bool { return e.conns(e.spaceID) == 0 }, wsWait, 10*time.Millisecond)
 }
+
+// An idle reader on a plain TCP connection waits on the socket itself,
+// not inside gorilla's read path (where its stack would stay grown): the
+// goroutine dump shows every idle reader in wsSock.wait, none in
+// gorilla's NextReader. Not parallel: no other test's connections are open.
+func TestWSIdleReadersWaitOnTheSocket(t *testing.T) {
+	e := newWSEnv(t, testutil.StackOptions{})
+	const n = 3
+	for i := range n {
+		c := e.dial(t, e.spaceID)
+		wsSend(t, c, string(unknown(fmt.Sprint(i))))
+		wsAnswered(t, c, fmt.Sprint(i))
+	}
+	idle()
+	var onSocket, inGorilla int
+	require.Eventually(t, func() bool {
+		buf := make([]byte, 1<<22)
+		dump := string(buf[:runtime.Stack(buf, true)])
+		onSocket, inGorilla = 0, 0
+		for _, g := range strings.Split(dump, "\n\n") {
+			if !strings.Contains(g, "transport.(*wsConn).readLoop") {
+				continue
+			}
+			if strings.Contains(g, "transport.(*wsSock).wait") {
+				onSocket++
+			}
+			if strings.Contains(g, "websocket.(*Conn).NextReader") {
+				inGorilla++
+			}
+		}
+		return onSocket == n && inGorilla == 0
+	}, 5*time.Second, 50*time.Millisecond, "readers waiting on the socket, in gorilla")
+	assert.Equal(t, n, onSocket)
+	assert.Zero(t, inGorilla)
+}
