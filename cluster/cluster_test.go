@@ -127,3 +127,41 @@ func TestHeartbeatLostWithinTheTTLStopsTrustingLeases(t *testing.T) {
 	pg.Resume(t)
 	require.Eventually(t, m.Alive, 10*time.Second, 10*time.Millisecond, "alive again once the heartbeat is renewed")
 }
+
+// TestReplacedWhileRunning: a process whose row another process deleted
+// (taking its address over) stops its space actors and registers again;
+// a process that vacated its address first is not replaced.
+func TestReplacedWhileRunning(t *testing.T) {
+	t.Parallel()
+	st := testutil.Store(t)
+	ctx := t.Context()
+	url := "http://replaced-" + uuid.NewString() + ":1"
+	var lost atomic.Int32
+	a, err := cluster.Join(ctx, st, cluster.Options{AdvertiseURL: url, LeaseTTL: 300 * time.Millisecond,
+		OnLost: func() { lost.Add(1) }})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Leave(context.Background()) })
+	b, err := cluster.Join(ctx, st, cluster.Options{AdvertiseURL: url, LeaseTTL: 300 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Leave(context.Background()) })
+
+	require.NoError(t, b.ReplacePredecessors(ctx))
+	require.Eventually(t, func() bool { return lost.Load() == 1 }, 5*time.Second, 10*time.Millisecond,
+		"the replaced process stops trusting its leases")
+	require.Eventually(t, func() bool {
+		var n int
+		require.NoError(t, st.Pool().QueryRow(ctx, "SELECT count(*) FROM nodes WHERE id = $1", a.NodeID()).Scan(&n))
+		return n == 1
+	}, 5*time.Second, 10*time.Millisecond, "and registers again")
+
+	// b stops: it vacates its address first, so a third process started
+	// on it does not replace b while b drains.
+	require.NoError(t, b.Vacate(ctx))
+	c, err := cluster.Join(ctx, st, cluster.Options{AdvertiseURL: url, LeaseTTL: 300 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Leave(context.Background()) })
+	require.NoError(t, c.ReplacePredecessors(ctx))
+	var n int
+	require.NoError(t, st.Pool().QueryRow(ctx, "SELECT count(*) FROM nodes WHERE id = $1", b.NodeID()).Scan(&n))
+	assert.Equal(t, 1, n, "a vacated process keeps its row (and leases) until it leaves")
+}
