@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"path"
@@ -56,8 +57,9 @@ type Handler struct {
 
 	// The assets are read, hashed and typed on the first request, not at
 	// start-up: a server nobody opens the console of never pays for them.
-	once   sync.Once
-	assets map[string]asset // by path below static/, e.g. "app.js"
+	once    sync.Once
+	assets  map[string]asset // by path below static/, e.g. "app.js"
+	loadErr error            // a broken build: every request answers 500
 }
 
 // New returns the console's handler. notFound answers paths that are not
@@ -71,7 +73,7 @@ func New(notFound http.Handler) *Handler {
 
 // load reads the embedded files into h.assets.
 func (h *Handler) load() {
-	h.assets = map[string]asset{}
+	assets := map[string]asset{}
 	err := fs.WalkDir(static, "static", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -85,14 +87,16 @@ func (h *Handler) load() {
 		if ct == "" {
 			ct = http.DetectContentType(b)
 		}
-		h.assets[strings.TrimPrefix(p, "static/")] = asset{body: b, etag: `"` + hex.EncodeToString(sum[:12]) + `"`, ctype: ct}
+		assets[strings.TrimPrefix(p, "static/")] = asset{body: b, etag: `"` + hex.EncodeToString(sum[:12]) + `"`, ctype: ct}
 		return nil
 	})
 	if err != nil {
 		// The files are embedded at build time; failing to read them is a
-		// broken build, not a runtime condition.
-		panic("console: reading the embedded files: " + err.Error())
+		// broken build: say so on every request, not a 404 after the first.
+		h.loadErr = fmt.Errorf("console: reading the embedded files: %w", err)
+		return
 	}
+	h.assets = assets
 }
 
 // ServeHTTP answers GET and HEAD for the page and its assets. Every answer
@@ -106,6 +110,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		name = strings.TrimPrefix(r.URL.Path, Prefix)
 	}
 	h.once.Do(h.load)
+	if h.loadErr != nil && name != "" {
+		http.Error(w, h.loadErr.Error(), http.StatusInternalServerError)
+		return
+	}
 	a, ok := h.assets[name]
 	if !ok || name == "" {
 		h.notFound.ServeHTTP(w, r)
