@@ -188,8 +188,11 @@ func TestTurnsDeletedWithTheirSpace(t *testing.T) {
 	assert.Equal(t, 4, count(t, st, "SELECT count(*) FROM turns"))
 }
 
-// A space deleted while a turn commits: the delete waits for the commit
-// and then deletes the turn's row with the rest.
+// A space deleted while a transaction holds a session row it updated and
+// inserted a turn for (what CommitTurn's statement does; this test writes
+// it by hand, to hold the transaction open): the delete waits for the
+// commit, then its trigger deletes the turn's row with the rest. It tests
+// DeleteSpace and the schema, not CommitTurn's own statement.
 func TestTurnCommittedDuringADelete(t *testing.T) {
 	t.Parallel()
 	st := testutil.Store(t)
