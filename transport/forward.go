@@ -200,6 +200,12 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, next http.Ha
 		retry := errors.Is(t.err, errMisdirected) || isDialError(t.err)
 		f.s.log.Info("forward failed", zap.String("space", spaceID), zap.String("owner", owner.NodeID), zap.Int("attempt", attempt),
 			zap.Bool("retry", retry && attempt == 0), zap.Error(t.err))
+		if errors.Is(t.err, errForwarderStopping) {
+			// This process stops, not the owner: retry elsewhere.
+			w.Header().Set("Retry-After", "1")
+			f.s.writeError(w, r, fmt.Errorf("%w: %w", space.ErrUnavailable, t.err))
+			return
+		}
 		if !retry || attempt > 0 {
 			f.s.forwarded.WithLabelValues("failed").Inc()
 			w.Header().Set("Retry-After", "1")

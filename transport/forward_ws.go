@@ -115,12 +115,16 @@ type taps struct {
 	off bool
 }
 
+// errForwarderStopping refuses a WebSocket that the owner accepted while
+// this (forwarding) process is shutting down: the owner is fine.
+var errForwarderStopping = errors.New("this process is shutting down")
+
 func (ts *taps) add(rwc io.ReadWriteCloser) (*wsTap, error) {
 	t := &wsTap{ReadWriteCloser: rwc, done: ts.remove}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if ts.off {
-		return nil, errors.New("shutting down")
+		return nil, errForwarderStopping
 	}
 	if ts.set == nil {
 		ts.set = map[*wsTap]struct{}{}
