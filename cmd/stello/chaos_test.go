@@ -8,7 +8,6 @@ package main
 // turn is stored twice, and no half turn exists.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -16,9 +15,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
@@ -47,76 +47,14 @@ func buildStello(t *testing.T) string {
 	return bin
 }
 
-// stelloProc is a `stello serve` child process.
-type stelloProc struct {
-	cmd    *exec.Cmd
-	base   string // http://host:port
-	stderr *syncBuffer
-	done   chan struct{}
-}
-
 // startStello runs the binary against dbURL with the fake model, slow
-// enough that turns are in flight at any moment, and waits until it listens.
-// It is killed at cleanup if still running.
-func startStello(t *testing.T, bin, dbURL string) *stelloProc {
+// enough that turns are in flight at any moment (startProc's defaults),
+// with the default lease TTL, and waits until it listens. It is killed at
+// cleanup if still running.
+func startStello(t *testing.T, bin, dbURL string) *clusterProc {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--database-url", dbURL, "--llm", "fake",
-		"--fake-latency", "30ms", "--fake-chunk-delay", "5ms", "--fake-reply-words", "12",
-		"--consolidate-every", "0", "--session-queue", "64", "--log-level", "warn", "--shutdown-timeout", "5s")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stelloProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start stello: %v", err)
-	}
-	addr := make(chan string, 1)
-	go func() {
-		defer func() { _ = recover() }()
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if m := listeningRe.FindStringSubmatch(sc.Text() + "\n"); m != nil {
-				select {
-				case addr <- m[1]:
-				default:
-				}
-			}
-		}
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		select {
-		case <-p.done:
-		case <-time.After(time.Minute):
-			t.Errorf("stello process %d did not exit", cmd.Process.Pid)
-		}
-	})
-	select {
-	case a := <-addr:
-		p.base = "http://" + a
-	case <-p.done:
-		t.Fatalf("stello exited before listening:\n%s", p.stderr.String())
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("stello did not listen in time:\n%s", p.stderr.String())
-	}
-	return p
-}
-
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *stelloProc) kill(t *testing.T) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatalf("kill: %v", err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(time.Minute):
-		t.Fatal("killed stello did not exit")
-	}
+	return startProc(t, bin, "chaos", "", "--database-url", dbURL, "--lease-ttl", "10s",
+		"--log-level", "warn", "--shutdown-timeout", "5s")
 }
 
 // chaosWorld is the data the load runs on: one user, spaces with a root
@@ -178,27 +116,34 @@ func newChaosWorld(t *testing.T, dbURL, base string) *chaosWorld {
 	if err != nil {
 		t.Fatalf("create user: %v", err)
 	}
-	w := &chaosWorld{key: key, confirmed: map[string][2]string{}, sent: map[string]bool{}, outcomes: map[string]int{}}
-	c := chaosClient(base, key)
-	for i := 0; i < 2; i++ {
-		sp, err := c.CreateSpace(ctx, client.SpaceInput{Label: fmt.Sprintf("chaos %d", i)})
-		if err != nil {
-			t.Fatalf("create space: %v", err)
-		}
+	w := newWorld(key)
+	w.populate(t, chaosClient(base, key), "chaos", 2)
+	return w
+}
+
+// newWorld is an empty world of the user with key.
+func newWorld(key string) *chaosWorld {
+	return &chaosWorld{key: key, confirmed: map[string][2]string{}, sent: map[string]bool{}, outcomes: map[string]int{}}
+}
+
+// populate adds spaces spaces (labelled label 0, label 1, …), each with
+// its root session and two forks, made through c.
+func (w *chaosWorld) populate(t *testing.T, c *client.Client, label string, spaces int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range spaces {
+		sp, err := c.CreateSpace(ctx, client.SpaceInput{Label: fmt.Sprintf("%s %d", label, i)})
+		require.NoError(t, err, "create space")
 		tree, err := c.Tree(ctx, sp.ID)
-		if err != nil {
-			t.Fatalf("tree: %v", err)
-		}
+		require.NoError(t, err, "tree")
 		w.sessions = append(w.sessions, [2]string{sp.ID, tree.ID})
-		for j := 0; j < 2; j++ {
+		for j := range 2 {
 			child, err := c.Fork(ctx, sp.ID, tree.ID, client.ForkOptions{Label: fmt.Sprintf("fork %d", j)})
-			if err != nil {
-				t.Fatalf("fork: %v", err)
-			}
+			require.NoError(t, err, "fork")
 			w.sessions = append(w.sessions, [2]string{sp.ID, child.ID})
 		}
 	}
-	return w
 }
 
 // chaosClient is a client whose every request is bounded by chaosDeadline
