@@ -521,20 +521,8 @@ func compactSorted[T int | string](s []T) []T {
 // forks each; the load runs turns on every session.
 func newClusterWorld(t *testing.T, key string, c *client.Client, spaces int) *chaosWorld {
 	t.Helper()
-	ctx := testCtx(t, time.Minute)
-	w := &chaosWorld{key: key, confirmed: map[string][2]string{}, sent: map[string]bool{}, outcomes: map[string]int{}}
-	for i := range spaces {
-		sp, err := c.CreateSpace(ctx, client.SpaceInput{Label: fmt.Sprintf("cluster %d", i)})
-		require.NoError(t, err)
-		tree, err := c.Tree(ctx, sp.ID)
-		require.NoError(t, err)
-		w.sessions = append(w.sessions, [2]string{sp.ID, tree.ID})
-		for j := range 2 {
-			child, err := c.Fork(ctx, sp.ID, tree.ID, client.ForkOptions{Label: fmt.Sprintf("fork %d", j)})
-			require.NoError(t, err)
-			w.sessions = append(w.sessions, [2]string{sp.ID, child.ID})
-		}
-	}
+	w := newWorld(key)
+	w.populate(t, c, "cluster", spaces)
 	return w
 }
 
@@ -1155,18 +1143,8 @@ func clusterWebSocket(t *testing.T, bin string) {
 	requireClosedWith(t, conn, 4404)
 
 	// The owner's graceful stop closes a socket proxied through b with 1001.
-	sp2, err := ca.CreateSpace(ctx, client.SpaceInput{Label: "ws 2"})
-	require.NoError(t, err)
-	tree2, err := ca.Tree(ctx, sp2.ID)
-	require.NoError(t, err)
-	require.Equal(t, a.base, leaseOwner(t, st, sp2.ID))
-	conn2, err := cb.Dial(ctx, sp2.ID)
-	require.NoError(t, err)
-	defer conn2.Close()
-	_, err = conn2.Enter(ctx, tree2.ID)
-	require.NoError(t, err)
-	_, err = conn2.Message(ctx, "before the stop")
-	require.NoError(t, err)
+	sp2, tree2 := ownedSpace(t, ctx, st, ca, a.base, "ws 2")
+	conn2 := enteredConn(t, ctx, cb, sp2, tree2, "before the stop")
 	termed := time.Now()
 	a.signal(t, syscall.SIGTERM)
 	requireClosedWith(t, conn2, 1001)
@@ -1175,7 +1153,7 @@ func clusterWebSocket(t *testing.T, bin string) {
 	// The client reconnects through another process and goes on.
 	var conn3 *client.Conn
 	eventually(t, clusterWait, func() bool {
-		cn, err := cb.Dial(ctx, sp2.ID)
+		cn, err := cb.Dial(ctx, sp2)
 		if err != nil {
 			require.ErrorIs(t, err, client.ErrUnavailable, "reconnecting through b")
 			return false
@@ -1184,27 +1162,21 @@ func clusterWebSocket(t *testing.T, bin string) {
 		return true
 	}, "reconnect through b")
 	defer conn3.Close()
-	_, err = conn3.Enter(ctx, tree2.ID)
+	_, err = conn3.Enter(ctx, tree2)
 	require.NoError(t, err)
 	_, err = conn3.Message(ctx, "after the stop")
 	require.NoError(t, err)
 	t.Logf("WebSocket fail-over after the owner's SIGTERM: a turn answered through another process %v after it",
 		time.Since(termed).Round(time.Millisecond))
-	owner := leaseOwner(t, st, sp2.ID)
+	owner := leaseOwner(t, st, sp2)
 	require.Contains(t, []string{b.base, c.base}, owner)
 
 	// Through c too (forwarded to the new owner, or served by c if c
 	// took the space over).
-	conn4, err := cc.Dial(ctx, sp2.ID)
-	require.NoError(t, err)
-	defer conn4.Close()
-	_, err = conn4.Enter(ctx, tree2.ID)
-	require.NoError(t, err)
-	_, err = conn4.Message(ctx, "through c")
-	require.NoError(t, err)
+	enteredConn(t, ctx, cc, sp2, tree2, "through c")
 
 	// Every turn of the sockets is stored, once.
-	msgs, err := cc.Messages(ctx, sp2.ID, tree2.ID, 0, 0)
+	msgs, err := cc.Messages(ctx, sp2, tree2, 0, 0)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"before the stop", "after the stop", "through c"}, checkAlternating(t, msgs, "ws 2 root"))
 }
@@ -1218,30 +1190,40 @@ func clusterWebSocketForwarderStop(t *testing.T, bin string) {
 	ca, cb := client.New(a.base, key), client.New(b.base, key)
 	ctx := testCtx(t, 2*time.Minute)
 
-	sp, err := ca.CreateSpace(ctx, client.SpaceInput{Label: "ws forwarder"})
-	require.NoError(t, err)
-	tree, err := ca.Tree(ctx, sp.ID)
-	require.NoError(t, err)
-	require.Equal(t, a.base, leaseOwner(t, st, sp.ID))
-	conn, err := cb.Dial(ctx, sp.ID)
-	require.NoError(t, err)
-	defer conn.Close()
-	_, err = conn.Enter(ctx, tree.ID)
-	require.NoError(t, err)
-	_, err = conn.Message(ctx, "through b")
-	require.NoError(t, err)
+	sp, tree := ownedSpace(t, ctx, st, ca, a.base, "ws forwarder")
+	conn := enteredConn(t, ctx, cb, sp, tree, "through b")
 
 	b.signal(t, syscall.SIGTERM)
 	requireClosedWith(t, conn, 1001)
 	require.NoError(t, b.wait(t), "stello b after SIGTERM")
 
-	conn2, err := ca.Dial(ctx, sp.ID)
+	enteredConn(t, ctx, ca, sp, tree, "through a")
+}
+
+// ownedSpace creates a space through c, checks that the process at owner
+// took its lease, and returns the space's id and its root's.
+func ownedSpace(t *testing.T, ctx context.Context, st *pgstore.Store, c *client.Client, owner, label string) (string, string) {
+	t.Helper()
+	sp, err := c.CreateSpace(ctx, client.SpaceInput{Label: label})
 	require.NoError(t, err)
-	defer conn2.Close()
-	_, err = conn2.Enter(ctx, tree.ID)
+	tree, err := c.Tree(ctx, sp.ID)
 	require.NoError(t, err)
-	_, err = conn2.Message(ctx, "through a")
+	require.Equal(t, owner, leaseOwner(t, st, sp.ID))
+	return sp.ID, tree.ID
+}
+
+// enteredConn opens a WebSocket on the space through c, enters the
+// session and has one message answered; it is closed at cleanup.
+func enteredConn(t *testing.T, ctx context.Context, c *client.Client, spaceID, sessionID, msg string) *client.Conn {
+	t.Helper()
+	conn, err := c.Dial(ctx, spaceID)
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	_, err = conn.Enter(ctx, sessionID)
+	require.NoError(t, err)
+	_, err = conn.Message(ctx, msg)
+	require.NoError(t, err)
+	return conn
 }
 
 // requireClosedWith waits for the server to close conn with code.
@@ -1264,10 +1246,9 @@ func requireClosedWith(t *testing.T, conn *client.Conn, code int) {
 func clusterRollingRestart(t *testing.T, bin string) {
 	url, procs, st, key := newCluster(t, bin, "a", "b", "c")
 	// One space owned by each process.
-	w := &chaosWorld{key: key, confirmed: map[string][2]string{}, sent: map[string]bool{}, outcomes: map[string]int{}}
+	w := newWorld(key)
 	for _, p := range procs {
-		pw := newClusterWorld(t, key, client.New(p.base, key), 1)
-		w.sessions = append(w.sessions, pw.sessions...)
+		w.populate(t, client.New(p.base, key), "cluster", 1)
 	}
 	bases := make([]string, len(procs))
 	for i, p := range procs {
