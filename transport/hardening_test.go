@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
@@ -59,29 +61,39 @@ func TestSSEEndsWithErrorWhenTheServerAborts(t *testing.T) {
 }
 
 // An SSE client that falls behind by more than the buffer bound is
-// disconnected; its turn still completes and is stored.
+// disconnected with an error event whose id is the offset it got (never a
+// bare close); its turn still completes and is stored, and a resume from
+// that id brings the rest.
 func TestSSESlowClientIsDisconnectedAndTheTurnGoesOn(t *testing.T) {
 	t.Parallel()
-	e := newTurnsEnv(t, testutil.StackOptions{Transport: transport.Options{SSEQueueBytes: 256}}, nil)
-	long := strings.Repeat("word ", 4000)
+	e := newTurnsEnv(t, testutil.StackOptions{Transport: transport.Options{SSEQueueBytes: 64 << 10, WSWriteTimeout: time.Minute}}, nil)
+	// 8 MiB: more than the loopback socket buffers hold (4 MiB send, the
+	// unread receive window far less), so the server's writes block.
+	chunk := strings.Repeat("wörd ", 16<<10/6)
 	var chunks []string
-	for i := 0; i < len(long); i += 100 {
-		chunks = append(chunks, long[i:min(i+100, len(long))])
+	for range 8 << 20 / len(chunk) {
+		chunks = append(chunks, chunk)
 	}
+	long := strings.Join(chunks, "")
 	e.mock.Enqueue(mockllm.Reply{Chunks: chunks})
 	e.gate.openAll()
 	// Read the start and stop reading: the server cannot write and the
 	// buffer overflows.
-	req, err := http.NewRequest("POST", e.c.base+e.path+"/turn", strings.NewReader(`{"input":"flood"}`))
-	require.NoError(t, err)
-	req.Header.Set("X-API-Key", e.c.key)
-	req.Header.Set("Accept", "text/event-stream")
-	res, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer res.Body.Close()
-	require.Eventually(t, func() bool { return len(e.messages(t, e.c, e.spaceID, e.root)) == 2 }, 20*time.Second, 20*time.Millisecond,
+	s := e.openSSE(t, "POST", e.path+"/turn", `{"input":"flood"}`)
+	id := startTurnID(t, s.next(t))
+	require.Eventually(t, func() bool { return e.getTurn(t, id).State == "completed" }, 60*time.Second, 50*time.Millisecond,
 		"the turn is stored although its client stopped reading")
-	assert.Equal(t, long, e.messages(t, e.c, e.spaceID, e.root)[1].Content)
+	// Now read: what the socket held, then the error event.
+	got, last := s.rest(t)
+	require.Equal(t, "error", last.name, "a slow client's stream ends with an error event")
+	assert.Contains(t, last.data, `"code":"BUSY"`)
+	assert.Contains(t, last.data, "resume")
+	assert.Equal(t, strconv.Itoa(utf8.RuneCountInString(got)), last.id, "the error event's id is the offset the client has")
+	assert.Less(t, len(got), len(long), "the stream was cut")
+	rest, end := e.openSSE(t, "GET", e.path+"/turns/"+id+"/stream", "", "Last-Event-ID", last.id).rest(t)
+	require.Equal(t, "end", end.name)
+	assert.True(t, got+rest == long, "the text before the cut and the resumed text make the reply")
+	assert.True(t, long == e.messages(t, e.c, e.spaceID, e.root)[1].Content)
 }
 
 func TestMethodNotAllowedListsAllow(t *testing.T) {

@@ -22,8 +22,10 @@ import (
 // deltaBuffer holds the text streamed to one SSE response and not yet
 // written: the turn's task appends to it without ever blocking, the
 // response's goroutine takes it all at once (so chunks that arrive while a
-// write is in flight are coalesced into one event). It is bounded: past max
-// bytes it overflows and the client is dropped.
+// write is in flight are coalesced into one event). It is bounded: when
+// text is waiting and a chunk would take it past max bytes it overflows and
+// the client is dropped. A chunk into an empty buffer is always taken: a
+// resume's catch-up comes as one chunk, however long the text so far.
 type deltaBuffer struct {
 	mu         sync.Mutex
 	text       []byte // waiting text
@@ -39,7 +41,7 @@ func newDeltaBuffer(max int) *deltaBuffer {
 
 func (d *deltaBuffer) push(chunk string, offset int) {
 	d.mu.Lock()
-	if d.overflowed || len(d.text)+len(chunk) > d.max {
+	if d.overflowed || (len(d.text) > 0 && len(d.text)+len(chunk) > d.max) {
 		d.overflowed = true
 		d.text = nil
 	} else {
@@ -263,12 +265,13 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 		return rc.Flush() == nil
 	}
 	var out []byte // one delta event at a time, reused
+	slow := false  // the client fell more than the buffer behind
 	writeDeltas := func() error {
 		var ok bool
 		var after int
 		out, after, ok = f.buf.drain(out[:0])
 		if !ok {
-			s.log.Info("dropping slow SSE client", zap.String("space", spaceID(r)))
+			slow = true
 			return errSlowClient
 		}
 		if len(out) == 0 {
@@ -277,6 +280,27 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 		offset = after
 		_, err := w.Write(out)
 		return err
+	}
+	// dropSlow ends the stream of a client that fell more than the buffer
+	// behind: its writes went through, so it gets an error event whose id
+	// is the offset it has, to resume from. The turn goes on.
+	dropSlow := func() {
+		s.log.Info("dropping slow SSE client", zap.String("space", spaceID(r)), zap.Int("offset", offset))
+		flush(func() error {
+			return writeEvent(w, "error", strconv.Itoa(offset), apiErr(http.StatusTooManyRequests, "BUSY", fmt.Sprintf(
+				"this stream fell more than %d bytes of text behind its turn and was closed; the turn goes on: resume it from offset %d (this event's id)",
+				s.opts.SSEQueueBytes, offset)))
+		})
+	}
+	// flushDeltas writes the text waiting; false: the stream is over.
+	flushDeltas := func() bool {
+		if flush(writeDeltas) {
+			return true
+		}
+		if slow {
+			dropSlow()
+		}
+		return false
 	}
 	<-f.started // set before SubmitTurn or FollowTurn returned
 	// The start event goes out with whatever text is already there (a
@@ -287,6 +311,9 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 		}
 		return writeDeltas()
 	}) {
+		if slow {
+			dropSlow()
+		}
 		return
 	}
 	fail := func(err error) {
@@ -295,11 +322,11 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, f *sseFollowe
 	for {
 		select {
 		case <-f.buf.notify:
-			if !flush(writeDeltas) {
+			if !flushDeltas() {
 				return // client gone or too slow; the turn goes on
 			}
 		case <-f.done:
-			if !flush(writeDeltas) {
+			if !flushDeltas() {
 				return
 			}
 			if f.err != nil {

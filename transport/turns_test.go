@@ -163,7 +163,9 @@ func (e *turnsEnv) openSSE(t *testing.T, method, path, body string, hdr ...strin
 		b, _ := io.ReadAll(res.Body)
 		t.Fatalf("status %d: %s", res.StatusCode, b)
 	}
-	return &sseStream{res: res, sc: bufio.NewScanner(res.Body)}
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 64<<20) // a catch-up event holds the whole text so far
+	return &sseStream{res: res, sc: sc}
 }
 
 func (s *sseStream) next(t *testing.T) sseEvent {

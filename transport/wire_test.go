@@ -84,8 +84,17 @@ func TestDeltaBufferCoalescesAndBounds(t *testing.T) {
 	assert.Equal(t, 4, off)
 	assert.Equal(t, string(appendDeltaEvent(nil, 4, []byte("abcd"))), string(out))
 	d.push("0123456789x", 15)
+	out, off, ok = d.drain(nil)
+	require.True(t, ok, "one chunk into an empty buffer is taken whatever its size (a resume's catch-up)")
+	assert.Equal(t, 15, off)
+	assert.Equal(t, string(appendDeltaEvent(nil, 15, []byte("0123456789x"))), string(out))
+	d.push("0123", 19)
+	d.push("456789x", 26)
 	_, _, ok = d.drain(nil)
-	assert.False(t, ok, "over max bytes: the client is too slow")
+	assert.False(t, ok, "waiting text and a chunk over max bytes: the client is too slow")
+	d.push("a", 27)
+	_, _, ok = d.drain(nil)
+	assert.False(t, ok, "an overflow is final")
 }
 
 // The write deadline is renewed at most once per tenth of the timeout (at
