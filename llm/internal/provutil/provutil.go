@@ -210,12 +210,41 @@ func (s *DeltaSink) Err() error { return s.err }
 // HTTPClient is the default client of the providers: http.DefaultTransport
 // keeps only two idle connections per host, so a server with hundreds of
 // turns in flight to one model endpoint would dial a new connection for
-// most calls.
+// most calls. A request (headers and a body of up to WriteBufferBytes)
+// goes out in one write: see inMemoryBody.
 func HTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 1024
 	t.MaxIdleConnsPerHost = 512
-	return &http.Client{Transport: t}
+	t.WriteBufferSize = WriteBufferBytes
+	return &http.Client{Transport: inMemoryBody{t}}
+}
+
+// WriteBufferBytes is the default client's write buffer per connection: a
+// model request with about 80 turns of history fits, headers included.
+const WriteBufferBytes = 16 << 10
+
+// inMemoryBody hands the transport a request's body as GetBody makes it
+// (the SDKs' GetBody returns the encoded bytes in a bytes.Reader). The SDKs
+// wrap each attempt's body in a reader of their own, which net/http cannot
+// tell is in memory, so it flushes the headers in a write of their own
+// before the body: one more system call per model call, on both ends.
+type inMemoryBody struct{ next http.RoundTripper }
+
+func (t inMemoryBody) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.GetBody == nil || req.Body == nil || req.Body == http.NoBody {
+		return t.next.RoundTrip(req)
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return t.next.RoundTrip(req)
+	}
+	// A RoundTripper closes the body it was given, and must not modify
+	// the request: a shallow copy carries the fresh body.
+	_ = req.Body.Close()
+	r := *req
+	r.Body = body
+	return t.next.RoundTrip(&r)
 }
 
 // MaxResponseBytes bounds a whole (non-streamed) provider answer read into

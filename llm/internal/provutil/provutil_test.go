@@ -4,11 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 
 	"github.com/stellohq/stello/llm"
 )
@@ -111,4 +119,51 @@ func TestDeltaSink(t *testing.T) {
 
 func TestCleanMessageKeepsOrdinaryWords(t *testing.T) {
 	assert.Equal(t, "no disk-space left on task-runner", CleanMessage("no disk-space left on task-runner"))
+}
+
+// countingConn counts the writes made on a connection.
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// A model call through the SDK goes out in one write, headers and body
+// together, up to WriteBufferBytes; the SDK's own body wrapper alone would
+// make it two.
+func TestHTTPClientSendsARequestInOneWrite(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer srv.Close()
+	call := func(t *testing.T, rt http.RoundTripper, tr *http.Transport, bodyBytes int) int64 {
+		var writes atomic.Int64
+		var d net.Dialer
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return countingConn{c, &writes}, nil
+		}
+		sdk := openai.NewClient(option.WithBaseURL(srv.URL), option.WithAPIKey("k"), option.WithMaxRetries(0),
+			option.WithHTTPClient(&http.Client{Transport: rt}))
+		body := []byte(`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", bodyBytes) + `"}]}`)
+		var raw *http.Response
+		require.NoError(t, sdk.Post(context.Background(), "chat/completions", nil, &raw, option.WithRequestBody("application/json", body)))
+		_, _ = io.Copy(io.Discard, raw.Body)
+		raw.Body.Close()
+		tr.CloseIdleConnections()
+		return writes.Load()
+	}
+	c := HTTPClient()
+	tr := c.Transport.(inMemoryBody).next.(*http.Transport)
+	assert.EqualValues(t, 1, call(t, c.Transport, tr, 12<<10), "headers and a 12 KiB body in one write")
+	assert.EqualValues(t, 1, call(t, c.Transport, tr, 10), "a small body too")
+	assert.EqualValues(t, 2, call(t, tr, tr, 10), "without inMemoryBody the SDK's body wrapper costs a write")
 }
