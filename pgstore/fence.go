@@ -54,42 +54,46 @@ func (s *Store) spaceTx(ctx context.Context, spaceID string, fn func(tx pgx.Tx) 
 	})
 }
 
-// execSpace runs one write statement of spaceID, fenced by ctx's lease:
-// the check and the statement go in one batch, one round trip and one
-// implicit transaction.
-func (s *Store) execSpace(ctx context.Context, spaceID, sql string, args ...any) (pgconn.CommandTag, error) {
+// sendSpace sends the statements queue adds as one batch (one round trip,
+// one implicit transaction) behind the check of ctx's lease on spaceID;
+// read reads their results in order, after the check's.
+func (s *Store) sendSpace(ctx context.Context, spaceID string, queue func(b *pgx.Batch), read func(br pgx.BatchResults) error) error {
 	b := &pgx.Batch{}
-	if !queueFence(ctx, b, spaceID) {
-		return s.pool.Exec(ctx, sql, args...)
-	}
-	b.Queue(sql, args...)
+	fenced := queueFence(ctx, b, spaceID)
+	queue(b)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return pgconn.CommandTag{}, err
+	if fenced {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 	}
-	tag, err := br.Exec()
-	if err != nil {
-		return tag, err
+	if err := read(br); err != nil {
+		return err
 	}
-	return tag, br.Close()
+	return br.Close()
+}
+
+// execSpace runs one write statement of spaceID, fenced by ctx's lease:
+// the check and the statement go in one batch (sendSpace).
+func (s *Store) execSpace(ctx context.Context, spaceID, sql string, args ...any) (tag pgconn.CommandTag, err error) {
+	if _, ok := session.LeaseFrom(ctx); !ok {
+		return s.pool.Exec(ctx, sql, args...)
+	}
+	err = s.sendSpace(ctx, spaceID, func(b *pgx.Batch) { b.Queue(sql, args...) }, func(br pgx.BatchResults) error {
+		tag, err = br.Exec()
+		return err
+	})
+	return tag, err
 }
 
 // queryRowSpace runs one write statement returning a row, fenced like
 // execSpace, and scans the row with scan.
 func (s *Store) queryRowSpace(ctx context.Context, spaceID string, scan func(pgx.Row) error, sql string, args ...any) error {
-	b := &pgx.Batch{}
-	if !queueFence(ctx, b, spaceID) {
+	if _, ok := session.LeaseFrom(ctx); !ok {
 		return scan(s.pool.QueryRow(ctx, sql, args...))
 	}
-	b.Queue(sql, args...)
-	br := s.pool.SendBatch(ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return err
-	}
-	if err := scan(br.QueryRow()); err != nil {
-		return err
-	}
-	return br.Close()
+	return s.sendSpace(ctx, spaceID, func(b *pgx.Batch) { b.Queue(sql, args...) }, func(br pgx.BatchResults) error {
+		return scan(br.QueryRow())
+	})
 }

@@ -100,10 +100,9 @@ func (s *Store) LoadSpace(ctx context.Context, spaceID string) (session.Space, [
 // UpdateSpace applies a patch. A new system prompt is also written to the
 // root session, in the same transaction.
 func (s *Store) UpdateSpace(ctx context.Context, spaceID string, p session.SpacePatch) (session.Space, error) {
-	// One batch: one round trip, one implicit transaction.
-	b := &pgx.Batch{}
-	fenced := queueFence(ctx, b, spaceID)
-	b.Queue(`UPDATE spaces SET
+	var sp session.Space
+	err := s.sendSpace(ctx, spaceID, func(b *pgx.Batch) {
+		b.Queue(`UPDATE spaces SET
 		label = COALESCE($2, label),
 		system_prompt = CASE WHEN $3 THEN $4 ELSE system_prompt END,
 		consolidate_prompt = CASE WHEN $5 THEN $6 ELSE consolidate_prompt END,
@@ -111,27 +110,17 @@ func (s *Store) UpdateSpace(ctx context.Context, spaceID string, p session.Space
 		config = COALESCE($9::jsonb, config),
 		updated_at = $10
 		WHERE id = $1 RETURNING `+spaceCols,
-		spaceID, p.Label, p.SetSystemPrompt, p.SystemPrompt, p.SetConsolidatePrompt, p.ConsolidatePrompt,
-		p.SetIntegratePrompt, p.IntegratePrompt, nullJSON(p.Config), now())
-	if p.SetSystemPrompt {
-		b.Queue(`UPDATE session_data d SET system_prompt = $2 FROM sessions s
+			spaceID, p.Label, p.SetSystemPrompt, p.SystemPrompt, p.SetConsolidatePrompt, p.ConsolidatePrompt,
+			p.SetIntegratePrompt, p.IntegratePrompt, nullJSON(p.Config), now())
+		if p.SetSystemPrompt {
+			b.Queue(`UPDATE session_data d SET system_prompt = $2 FROM sessions s
 			WHERE s.space_id = $1 AND s.role = 'main' AND d.session_id = s.id AND d.space_id = $1`, spaceID, p.SystemPrompt)
-	}
-	var sp session.Space
-	err := func() error {
-		br := s.pool.SendBatch(ctx, b)
-		defer br.Close()
-		if fenced {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
 		}
+	}, func(br pgx.BatchResults) error {
 		var err error
-		if sp, err = scanSpace(br.QueryRow()); err != nil {
-			return err
-		}
-		return br.Close()
-	}()
+		sp, err = scanSpace(br.QueryRow())
+		return err
+	})
 	return sp, wrap(ctx, "update space", err)
 }
 

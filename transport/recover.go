@@ -13,7 +13,7 @@ import (
 // connection; the panic is logged and counted once.
 func (s *Server) recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		sw := recording(w)
 		defer func() {
 			v := recover()
 			if v == nil {

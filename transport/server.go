@@ -180,7 +180,7 @@ func (s *Server) Abort() {
 func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		sw := recording(w)
 		next.ServeHTTP(sw, r)
 		route := "unmatched"
 		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
@@ -191,6 +191,8 @@ func (s *Server) observe(next http.Handler) http.Handler {
 	})
 }
 
+// statusWriter remembers the status of a response for the middlewares
+// that report it (trace, observe, recoverer).
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -208,6 +210,16 @@ func (w *statusWriter) WriteHeader(code int) {
 func (w *statusWriter) Write(b []byte) (int, error) {
 	w.wrote = true
 	return w.ResponseWriter.Write(b)
+}
+
+// recording returns w as a *statusWriter, wrapping it only when an outer
+// middleware has not already: a request is wrapped once, however many
+// middlewares read its status.
+func recording(w http.ResponseWriter) *statusWriter {
+	if sw, ok := w.(*statusWriter); ok {
+		return sw
+	}
+	return &statusWriter{ResponseWriter: w, status: http.StatusOK}
 }
 
 // Unwrap lets http.ResponseController reach Flush and Hijack.

@@ -47,7 +47,7 @@ func (s *Server) trace(next http.Handler) http.Handler {
 		}
 		defer span.End()
 		span.SetAttributes(semconv.HTTPRequestMethodKey.String(method), semconv.URLPath(r.URL.Path))
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		sw := recording(w)
 		r = r.WithContext(ctx)
 		next.ServeHTTP(sw, r)
 		span.SetAttributes(semconv.HTTPResponseStatusCode(sw.status))

@@ -240,21 +240,53 @@ func rest(t *testing.T, st *testutil.Stack, method, path, key string, body any, 
 // pointing at an in-process collector, sends a REST turn that carries a
 // W3C traceparent and a streamed WebSocket turn, flushes, and checks the
 // spans that arrived and how they hang together.
-func TestTraceOfTurns(t *testing.T) {
+// traced installs tracing that exports to a fresh receiver, with the
+// environment env gives for the receiver's URL. flush shuts the provider
+// down, exporting every span; a test that does not flush has it done at
+// cleanup.
+func traced(t *testing.T, env func(url string) map[string]string) (*receiver, func()) {
+	t.Helper()
 	clearOTEL(t)
 	rc := newReceiver(t)
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rc.srv.URL)
-	t.Setenv("OTEL_SERVICE_NAME", "stello-trace-test")
+	for k, v := range env(rc.srv.URL) {
+		t.Setenv(k, v)
+	}
 	restoreGlobals(t)
-	ctx := context.Background()
-	shutdown, err := tracing.Setup(ctx, "stello", nil)
+	shutdown, err := tracing.Setup(context.Background(), "stello", nil)
 	require.NoError(t, err)
-	flushed := false
-	t.Cleanup(func() {
-		if !flushed {
-			_ = shutdown(ctx)
-		}
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { _ = shutdown(context.Background()) }) })
+	return rc, func() { once.Do(func() { require.NoError(t, shutdown(context.Background())) }) }
+}
+
+// mockClient is the OpenAI provider client of an HTTP mock model.
+func mockClient(t *testing.T, mock http.Handler) *openai.Client {
+	t.Helper()
+	msrv := httptest.NewServer(mock)
+	t.Cleanup(msrv.Close)
+	client, err := openai.New(openai.Config{BaseURL: msrv.URL + "/v1", Model: "mock-1", MaxRetries: 0})
+	require.NoError(t, err)
+	return client
+}
+
+// id is the id of an object in a response.
+type id struct {
+	ID string `json:"id"`
+}
+
+// newTracedSpace creates a space through st's API and reads its root.
+func newTracedSpace(t *testing.T, st *testutil.Stack, key string) (sp, root id) {
+	t.Helper()
+	rest(t, st, http.MethodPost, "/spaces", key, map[string]any{"label": "traced"}, nil, http.StatusCreated, &sp)
+	rest(t, st, http.MethodGet, "/spaces/"+sp.ID+"/sessions", key, nil, nil, http.StatusOK, &root)
+	return sp, root
+}
+
+func TestTraceOfTurns(t *testing.T) {
+	rc, flush := traced(t, func(url string) map[string]string {
+		return map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_SERVICE_NAME": "stello-trace-test"}
 	})
+	ctx := context.Background()
 
 	// The global propagator is what a forwarded request injects.
 	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5, 6},
@@ -264,20 +296,10 @@ func TestTraceOfTurns(t *testing.T) {
 	assert.Equal(t, "00-01020300000000000000000000000000-0405060000000000-01", carrier.Get("traceparent"))
 
 	mock := mockllm.New(mockllm.Config{})
-	msrv := httptest.NewServer(mock)
-	defer msrv.Close()
-	client, err := openai.New(openai.Config{BaseURL: msrv.URL + "/v1", Model: "mock-1", MaxRetries: 0})
-	require.NoError(t, err)
+	client := mockClient(t, mock)
 	st := testutil.NewStack(t, testutil.StackOptions{LLM: client, Space: space.Options{ConsolidateEvery: 2}})
 	_, key := st.User(t, "tracer")
-	var sp struct {
-		ID string `json:"id"`
-	}
-	rest(t, st, http.MethodPost, "/spaces", key, map[string]any{"label": "traced"}, nil, http.StatusCreated, &sp)
-	var root struct {
-		ID string `json:"id"`
-	}
-	rest(t, st, http.MethodGet, "/spaces/"+sp.ID+"/sessions", key, nil, nil, http.StatusOK, &root)
+	sp, root := newTracedSpace(t, st, key)
 
 	// 1. A REST turn that continues the caller's trace.
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -321,8 +343,7 @@ func TestTraceOfTurns(t *testing.T) {
 
 	// Every request has ended once the server is stopped; then flush.
 	st.Stop()
-	require.NoError(t, shutdown(ctx))
-	flushed = true
+	flush()
 	spans := rc.set(t)
 	rc.mu.Lock()
 	assert.Contains(t, rc.services, "stello-trace-test", "OTEL_SERVICE_NAME names the service")
@@ -389,42 +410,21 @@ func TestTraceOfTurns(t *testing.T) {
 // TestModelErrorIsRecorded checks that a failed model call marks its span,
 // the turn's and (a 502) the request's as failed.
 func TestModelErrorIsRecorded(t *testing.T) {
-	clearOTEL(t)
-	rc := newReceiver(t)
-	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rc.srv.URL+"/v1/traces")
-	restoreGlobals(t)
-	ctx := context.Background()
-	shutdown, err := tracing.Setup(ctx, "stello", nil)
-	require.NoError(t, err)
-	flushed := false
-	t.Cleanup(func() {
-		if !flushed {
-			_ = shutdown(ctx)
-		}
+	rc, flush := traced(t, func(url string) map[string]string {
+		return map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": url + "/v1/traces"}
 	})
 
 	mock := mockllm.New(mockllm.Config{})
 	mock.Enqueue(mockllm.Reply{Status: http.StatusServiceUnavailable, ErrorMessage: "overloaded"})
-	msrv := httptest.NewServer(mock)
-	defer msrv.Close()
-	client, err := openai.New(openai.Config{BaseURL: msrv.URL + "/v1", Model: "mock-1", MaxRetries: 0})
-	require.NoError(t, err)
+	client := mockClient(t, mock)
 	st := testutil.NewStack(t, testutil.StackOptions{LLM: client})
 	_, key := st.User(t, "tracer")
-	var sp struct {
-		ID string `json:"id"`
-	}
-	rest(t, st, http.MethodPost, "/spaces", key, map[string]any{"label": "traced"}, nil, http.StatusCreated, &sp)
-	var root struct {
-		ID string `json:"id"`
-	}
-	rest(t, st, http.MethodGet, "/spaces/"+sp.ID+"/sessions", key, nil, nil, http.StatusOK, &root)
+	sp, root := newTracedSpace(t, st, key)
 	rest(t, st, http.MethodPost, "/spaces/"+sp.ID+"/sessions/"+root.ID+"/turn", key,
 		map[string]any{"input": "fail, please"}, nil, http.StatusBadGateway, nil)
 
 	st.Stop()
-	require.NoError(t, shutdown(ctx))
-	flushed = true
+	flush()
 	spans := rc.set(t)
 	req := spans.one("POST /spaces/{spaceId}/sessions/{id}/turn", nil)
 	assert.Equal(t, tracepb.Status_STATUS_CODE_ERROR, req.GetStatus().GetCode())
@@ -528,34 +528,17 @@ func TestEnabled(t *testing.T) {
 // span, its forward hop (a client span) and, under the hop, the owner's
 // server span and the turn it ran.
 func TestTraceAcrossTheForwardHop(t *testing.T) {
-	clearOTEL(t)
-	rc := newReceiver(t)
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rc.srv.URL)
-	restoreGlobals(t)
-	ctx := context.Background()
-	shutdown, err := tracing.Setup(ctx, "stello", nil)
-	require.NoError(t, err)
-	flushed := false
-	t.Cleanup(func() {
-		if !flushed {
-			_ = shutdown(ctx)
-		}
-	})
+	rc, flush := traced(t, func(url string) map[string]string { return map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": url} })
 	store := testutil.Store(t)
 	owner := testutil.NewStack(t, testutil.StackOptions{Store: store})
 	other := testutil.NewStack(t, testutil.StackOptions{Store: store})
 	_, key := owner.User(t, "tracer")
-	var sp, root struct {
-		ID string `json:"id"`
-	}
-	rest(t, owner, http.MethodPost, "/spaces", key, map[string]any{"label": "hop"}, nil, http.StatusCreated, &sp)
-	rest(t, owner, http.MethodGet, "/spaces/"+sp.ID+"/sessions", key, nil, nil, http.StatusOK, &root) // the owner activates it
+	sp, root := newTracedSpace(t, owner, key) // the owner activates it
 
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4737"
 	rest(t, other, http.MethodPost, "/spaces/"+sp.ID+"/sessions/"+root.ID+"/turn", key, map[string]any{"input": "across"},
 		http.Header{"Traceparent": {"00-" + traceID + "-00f067aa0ba902b7-01"}}, http.StatusOK, nil)
-	require.NoError(t, shutdown(ctx))
-	flushed = true
+	flush()
 
 	spans := rc.set(t)
 	hop := spans.one("forward", nil)
