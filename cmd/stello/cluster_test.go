@@ -676,9 +676,11 @@ func (l *lbLoad) outcome(who, input, base string, sent time.Time, status, want i
 			l.w.note("connection refused") // do tried the next process until the load stopped
 		case l.cut[base]:
 			l.w.note("cut by the kill")
-		case stopping && !sent.Before(win[0]) && (win[1].IsZero() || !sent.After(win[1])):
+		case stopping && !sent.Before(win[0]) && (win[1].IsZero() || !sent.After(win[1])) && closedUnanswered(err):
 			// Go's http.Server drops a request it reads once its
-			// Shutdown began: see clusterStopAnswersAccepted.
+			// Shutdown began: see clusterStopAnswersAccepted. Only a
+			// connection closed without an answer is that; a timeout is
+			// a hang, whenever it happens.
 			l.w.note("dropped by the stopping process")
 			if input != "" {
 				l.dropped = append(l.dropped, input)
@@ -700,6 +702,17 @@ func (l *lbLoad) outcome(who, input, base string, sent time.Time, status, want i
 		l.w.forbid("%s: status %d: %s", who, status, body)
 	}
 	return false
+}
+
+// closedUnanswered reports whether err is a connection the server closed
+// (or reset) before answering.
+func closedUnanswered(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // do sends a request to the next process, and on to the next while the
