@@ -7,7 +7,8 @@ GO ?= go
 # count of executions, not a duration. With a duration, Go 1.26's fuzzing
 # coordinator can fail a target with a bare "context deadline exceeded" when
 # a starved worker is mid-call as the time runs out (no input is at fault,
-# none is written); a count has no deadline to race.
+# none is written); a count has no deadline to race. A new interesting
+# input is minimised for at most 10 s (the default, 60 s, stalls a run).
 FUZZTIME ?= 3000x
 
 # Run the server: embedded PostgreSQL in ./stello-data, fake model.
@@ -32,7 +33,7 @@ fuzz:
 	failed=""; \
 	for f in $$($$bin -test.list '^Fuzz' | grep '^Fuzz'); do \
 		echo "fuzz $$f for $(FUZZTIME)"; \
-		(cd transport && $$bin -test.run '^$$' -test.fuzz "^$$f$$" -test.fuzztime $(FUZZTIME) \
+		(cd transport && $$bin -test.run '^$$' -test.fuzz "^$$f$$" -test.fuzztime $(FUZZTIME) -test.fuzzminimizetime 10s \
 			-test.fuzzcachedir $$cache) || failed="$$failed $$f"; \
 	done; \
 	rm -rf $$dir; \

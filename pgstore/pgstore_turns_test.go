@@ -188,44 +188,55 @@ func TestTurnsDeletedWithTheirSpace(t *testing.T) {
 	assert.Equal(t, 4, count(t, st, "SELECT count(*) FROM turns"))
 }
 
-// A space deleted while a transaction holds a session row it updated and
-// inserted a turn for (what CommitTurn's statement does; this test writes
-// it by hand, to hold the transaction open): the delete waits for the
-// commit, then its trigger deletes the turn's row with the rest. It tests
-// DeleteSpace and the schema, not CommitTurn's own statement.
+// A space deleted while a turn's commit is in flight: the commit's batch
+// and the delete both wait on the session row (held here by another
+// transaction, so that the order is known); the commit goes first, the
+// delete waits for it, and its trigger then deletes the turn's row with
+// the rest: no turn row outlives its session.
 func TestTurnCommittedDuringADelete(t *testing.T) {
 	t.Parallel()
 	st := testutil.Store(t)
 	ctx := t.Context()
 	uid, _ := newUser(t, st, "alice")
 	sp, root := newSpace(t, st, uid, "S")
+	waiting := func(n int, why string) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			var got int
+			err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
+			return err == nil && got == n
+		}, 10*time.Second, 10*time.Millisecond, why)
+	}
 
-	// The commit's transaction, held open after its statements.
-	tx, err := st.Pool().Begin(ctx)
+	blocker, err := st.Pool().Begin(ctx)
 	require.NoError(t, err)
-	defer func() { _ = tx.Rollback(ctx) }()
+	defer func() { _ = blocker.Rollback(ctx) }()
+	_, err = blocker.Exec(ctx, "SELECT 1 FROM sessions WHERE space_id = $1 AND id = $2 FOR UPDATE", sp.ID, root.Meta.ID)
+	require.NoError(t, err)
+
 	l := completedLog(sp.ID, root.Meta.ID, "q", "a", "")
-	_, err = tx.Exec(ctx, `WITH s AS (UPDATE sessions SET turn_count = turn_count + 1 WHERE space_id = $1 AND id = $2
-		RETURNING space_id, id)
-		INSERT INTO turns (id, space_id, session_id, state, input, created_at, finished_at)
-		SELECT $3, s.space_id, s.id, 'completed', 'q', now(), now() FROM s`, sp.ID, root.Meta.ID, l.ID)
-	require.NoError(t, err)
-
+	committed := make(chan error, 1)
+	go func() {
+		_, _, err := st.CommitTurn(ctx, session.TurnCommit{SpaceID: sp.ID, SessionID: root.Meta.ID,
+			Records: []session.Record{userRec("q"), assistantRec("a")}, At: now(), Log: l})
+		committed <- err
+	}()
+	waiting(1, "the commit waits on the session row")
 	deleted := make(chan error, 1)
 	go func() { deleted <- st.DeleteSpace(ctx, sp.ID) }()
-	// The delete waits on the session row the commit holds.
-	require.Eventually(t, func() bool {
-		var n int
-		err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
-		return err == nil && n == 1
-	}, 10*time.Second, 10*time.Millisecond, "the delete waits for the turn's commit")
-	require.NoError(t, tx.Commit(ctx))
-	select {
-	case err := <-deleted:
-		require.NoError(t, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the delete did not finish after the commit")
+	waiting(2, "the delete waits behind it")
+	require.NoError(t, blocker.Rollback(ctx))
+
+	for name, ch := range map[string]chan error{"commit": committed, "delete": deleted} {
+		select {
+		case err := <-ch:
+			require.NoError(t, err, name)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the %s did not finish", name)
+		}
 	}
 	assert.Zero(t, count(t, st, "SELECT count(*) FROM turns"))
+	assert.Zero(t, count(t, st, "SELECT count(*) FROM records"))
+	assert.Zero(t, count(t, st, "SELECT count(*) FROM sessions"))
 }
