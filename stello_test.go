@@ -29,7 +29,6 @@ import (
 	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm"
-	"github.com/stellohq/stello/llm/openai"
 	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/pgstore/pgtest"
 	"github.com/stellohq/stello/session"
@@ -42,10 +41,7 @@ func TestMain(m *testing.M) { leakcheck.Main(m, pgtest.Stop) }
 func mockModel(t *testing.T) (*mockllm.Server, llm.Client) {
 	t.Helper()
 	mock := mockllm.New(mockllm.Config{})
-	srv := httptest.NewServer(mock)
-	t.Cleanup(srv.Close)
-	cl, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 0})
-	require.NoError(t, err)
+	cl := testutil.ModelClient(t, mock)
 	return mock, cl
 }
 

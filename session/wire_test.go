@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -168,10 +167,7 @@ func TestTurnEndingEarlyStoresNothing(t *testing.T) {
 func TestAPITurnEndingEarlyAnswersLLMError(t *testing.T) {
 	t.Parallel()
 	mock := mockllm.New(mockllm.Config{})
-	msrv := httptest.NewServer(mock)
-	t.Cleanup(msrv.Close)
-	client, err := openai.New(openai.Config{BaseURL: msrv.URL + "/v1", Model: "m", MaxRetries: 0})
-	require.NoError(t, err)
+	client := testutil.ModelClient(t, mock)
 	stack := testutil.NewStack(t, testutil.StackOptions{LLM: client})
 	_, key := stack.User(t, "u")
 	api := func(method, path string, body any, accept string) (*http.Response, []byte) {

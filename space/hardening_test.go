@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"github.com/stellohq/stello/internal/guard"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm"
-	"github.com/stellohq/stello/llm/openai"
 	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
@@ -93,14 +91,11 @@ func (e *hEnv) turn(input string) (session.TurnResult, error) {
 func TestToolPanicAnswersInternalAndTheSpaceGoesOn(t *testing.T) {
 	t.Parallel()
 	mock := mockllm.New(mockllm.Config{})
-	srv := httptest.NewServer(mock)
-	t.Cleanup(srv.Close)
-	client, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 0})
-	require.NoError(t, err)
+	client := testutil.ModelClient(t, mock)
 	e := newHEnv(t, client, panicTool{})
 	mock.Enqueue(mockllm.Reply{ToolCalls: []mockllm.ToolCall{{Name: "boom", Arguments: `{}`}}})
 
-	_, err = e.turn("call the tool")
+	_, err := e.turn("call the tool")
 	require.ErrorIs(t, err, guard.ErrPanic)
 	assert.Equal(t, 1, e.g.Count("task"))
 

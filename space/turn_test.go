@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +17,6 @@ import (
 	"github.com/stellohq/stello/bench/mockllm"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm"
-	"github.com/stellohq/stello/llm/openai"
 	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
@@ -81,10 +79,7 @@ func newTQEnv(t *testing.T, opts space.Options, gated bool) *tqEnv {
 	if gated {
 		e.model.gate = make(chan struct{})
 	}
-	srv := httptest.NewServer(e.model)
-	t.Cleanup(srv.Close)
-	client, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 0})
-	require.NoError(t, err)
+	client := testutil.ModelClient(t, e.model)
 	e.mgr = space.NewManager(opts, e.store, session.NewEngine(e.store, client, nil, session.Options{}), nil)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

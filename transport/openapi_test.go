@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"sort"
 	"strings"
@@ -371,9 +370,6 @@ func tourModelErrors(t *testing.T, val *apitest.Validator) {
 // the real OpenAI client pointed at it.
 func mockModelWith(t *testing.T, cfg mockllm.Config) *openai.Client {
 	t.Helper()
-	srv := httptest.NewServer(mockllm.New(cfg))
-	t.Cleanup(srv.Close)
-	cl, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 0})
-	require.NoError(t, err)
+	cl := testutil.ModelClient(t, mockllm.New(cfg))
 	return cl
 }

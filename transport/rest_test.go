@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"sort"
 	"strings"
@@ -176,10 +175,7 @@ func mockModel(t *testing.T, wrap func(http.Handler) http.Handler) (*mockllm.Ser
 	if wrap != nil {
 		h = wrap(mock)
 	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	cl, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 0})
-	require.NoError(t, err)
+	cl := testutil.ModelClient(t, h)
 	return mock, cl
 }
 

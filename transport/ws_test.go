@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,7 +24,6 @@ import (
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm"
 	"github.com/stellohq/stello/llm/fake"
-	"github.com/stellohq/stello/llm/openai"
 	"github.com/stellohq/stello/session"
 	"github.com/stellohq/stello/space"
 	"github.com/stellohq/stello/transport"
@@ -293,16 +291,6 @@ func wsReadClose(t *testing.T, c *websocket.Conn) *websocket.CloseError {
 }
 
 func wsStr(s string) *string { return &s }
-
-// wsMockLLM is the real OpenAI client against a scripted mock server.
-func wsMockLLM(t *testing.T, h http.Handler) llm.Client {
-	t.Helper()
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	c, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 0})
-	require.NoError(t, err)
-	return c
-}
 
 func TestWSHandshakeRefusedBeforeUpgrade(t *testing.T) {
 	t.Parallel()
@@ -602,7 +590,7 @@ func TestWSTurns(t *testing.T) {
 	mock := mockllm.New(mockllm.Config{})
 	chunks := []string{"Str", "eam", "ed ", "answer."}
 	mock.Enqueue(mockllm.Reply{Content: "Plain answer."}, mockllm.Reply{Chunks: chunks})
-	e := newWSEnv(t, testutil.StackOptions{LLM: wsMockLLM(t, mock)})
+	e := newWSEnv(t, testutil.StackOptions{LLM: testutil.ModelClient(t, mock)})
 	c := e.dial(t, e.spaceID)
 	wsEnter(t, c, e.rootID)
 
@@ -657,7 +645,7 @@ func TestWSTurns(t *testing.T) {
 func TestWSArchivedSessionRefusesTurns(t *testing.T) {
 	t.Parallel()
 	mock := mockllm.New(mockllm.Config{})
-	e := newWSEnv(t, testutil.StackOptions{LLM: wsMockLLM(t, mock)})
+	e := newWSEnv(t, testutil.StackOptions{LLM: testutil.ModelClient(t, mock)})
 	child := e.fork(t, e.rootID, map[string]any{"label": "old"})
 	wsREST(t, e.stack, http.MethodPost, "/spaces/"+e.spaceID+"/sessions/"+child+"/archive", e.key, nil, http.StatusOK, nil)
 
@@ -861,7 +849,7 @@ func TestWSClientDisconnectMidStreamStillPersists(t *testing.T) {
 	var once sync.Once
 	open := func() { once.Do(func() { close(gate) }) }
 	// Writes: 1 = role chunk, 2 = "one ", 3 = "two " (held until the gate opens).
-	model := wsMockLLM(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	model := testutil.ModelClient(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mock.ServeHTTP(&wsGatedWriter{ResponseWriter: w, n: 3, gate: gate, done: r.Context().Done()}, r)
 	}))
 	e := newWSEnv(t, testutil.StackOptions{LLM: model})

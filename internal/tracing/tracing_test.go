@@ -31,7 +31,6 @@ import (
 	"github.com/stellohq/stello/internal/leakcheck"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/internal/tracing"
-	"github.com/stellohq/stello/llm/openai"
 	"github.com/stellohq/stello/pgstore/pgtest"
 	"github.com/stellohq/stello/space"
 )
@@ -259,16 +258,6 @@ func traced(t *testing.T, env func(url string) map[string]string) (*receiver, fu
 	return rc, func() { once.Do(func() { require.NoError(t, shutdown(context.Background())) }) }
 }
 
-// mockClient is the OpenAI provider client of an HTTP mock model.
-func mockClient(t *testing.T, mock http.Handler) *openai.Client {
-	t.Helper()
-	msrv := httptest.NewServer(mock)
-	t.Cleanup(msrv.Close)
-	client, err := openai.New(openai.Config{BaseURL: msrv.URL + "/v1", Model: "mock-1", MaxRetries: 0})
-	require.NoError(t, err)
-	return client
-}
-
 // id is the id of an object in a response.
 type id struct {
 	ID string `json:"id"`
@@ -296,7 +285,7 @@ func TestTraceOfTurns(t *testing.T) {
 	assert.Equal(t, "00-01020300000000000000000000000000-0405060000000000-01", carrier.Get("traceparent"))
 
 	mock := mockllm.New(mockllm.Config{})
-	client := mockClient(t, mock)
+	client := testutil.ModelClient(t, mock)
 	st := testutil.NewStack(t, testutil.StackOptions{LLM: client, Space: space.Options{ConsolidateEvery: 2}})
 	_, key := st.User(t, "tracer")
 	sp, root := newTracedSpace(t, st, key)
@@ -368,7 +357,7 @@ func TestTraceOfTurns(t *testing.T) {
 	call := spans.child(turn, "llm.complete")
 	commit := spans.child(turn, "turn.commit")
 	assert.Equal(t, "openai", strAttr(call, "gen_ai.provider.name"))
-	assert.Equal(t, "mock-1", strAttr(call, "gen_ai.request.model"))
+	assert.Equal(t, testutil.ModelName, strAttr(call, "gen_ai.request.model"))
 	assert.Positive(t, intAttr(call, "gen_ai.usage.input_tokens"))
 	assert.Positive(t, intAttr(call, "gen_ai.usage.output_tokens"))
 	assert.Equal(t, tracepb.Span_SPAN_KIND_CLIENT, call.Kind)
@@ -416,7 +405,7 @@ func TestModelErrorIsRecorded(t *testing.T) {
 
 	mock := mockllm.New(mockllm.Config{})
 	mock.Enqueue(mockllm.Reply{Status: http.StatusServiceUnavailable, ErrorMessage: "overloaded"})
-	client := mockClient(t, mock)
+	client := testutil.ModelClient(t, mock)
 	st := testutil.NewStack(t, testutil.StackOptions{LLM: client})
 	_, key := st.User(t, "tracer")
 	sp, root := newTracedSpace(t, st, key)
