@@ -16,9 +16,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stellohq/stello/bench/mockllm"
 	"github.com/stellohq/stello/client"
 	"github.com/stellohq/stello/internal/testutil"
 	"github.com/stellohq/stello/llm/fake"
+	"github.com/stellohq/stello/transport"
 )
 
 // env is a real stack, a user, a client and a space with its root
@@ -290,6 +292,49 @@ func TestTurnStreamResumesAfterDrop(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, n, "one start event")
+}
+
+// A stream whose reader falls more than the server's buffer behind is
+// closed by the server with an error event BUSY; the turn goes on and the
+// stream resumes from the offset it had, so the reader still gets every
+// piece once.
+func TestTurnStreamResumesAfterFallingBehind(t *testing.T) {
+	t.Parallel()
+	mock := mockllm.New(mockllm.Config{})
+	// 8 MiB: more than the loopback socket buffers hold.
+	chunk := strings.Repeat("wörd ", 16<<10/6)
+	var chunks []string
+	for range 8 << 20 / len(chunk) {
+		chunks = append(chunks, chunk)
+	}
+	long := strings.Join(chunks, "")
+	mock.Enqueue(mockllm.Reply{Chunks: chunks})
+	e := newEnv(t, testutil.StackOptions{LLM: testutil.ModelClient(t, mock),
+		Transport: transport.Options{SSEQueueBytes: 64 << 10, WSWriteTimeout: time.Minute}},
+		client.WithResume(3, 10*time.Millisecond))
+	c := ctx(t)
+	s, err := e.c.TurnStream(c, e.sp.ID, e.root, "flood")
+	require.NoError(t, err)
+	var text strings.Builder
+	paused := false
+	for ev, err := range s.Events() {
+		require.NoError(t, err)
+		if ev.Type == client.EventDelta {
+			text.WriteString(ev.Chunk)
+		}
+		if !paused {
+			// Stop reading until the turn is stored: the server cannot
+			// write, and the stream falls behind.
+			paused = true
+			require.Eventually(t, func() bool {
+				tr, err := e.c.GetTurn(c, e.sp.ID, e.root, s.TurnID())
+				return err == nil && tr.State == client.TurnCompleted
+			}, time.Minute, 50*time.Millisecond)
+		}
+	}
+	assert.GreaterOrEqual(t, s.Resumes(), 1, "the stream resumed after the server closed it")
+	assert.True(t, text.String() == long, "every piece once, in order (%d of %d bytes)", text.Len(), len(long))
+	require.NotNil(t, s.Result())
 }
 
 func TestGetCancelResumeTurn(t *testing.T) {

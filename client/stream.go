@@ -118,9 +118,10 @@ const maxEvent = 16 << 20
 
 // Events yields the turn's events: EventStart, EventDelta…, EventEnd; a
 // failed turn ends with an *Error (errors.Is(err, ErrCancelled) for a
-// cancelled one). A dropped connection is resumed from the last offset
-// received, at most WithResume times; a repeated start is not yielded
-// again. Events may be ranged over once.
+// cancelled one). A dropped connection, or one the server closed because
+// it fell too far behind the turn (an error event BUSY), is resumed from
+// the last offset received, at most WithResume times; a repeated start is
+// not yielded again. Events may be ranged over once.
 func (s *Stream) Events() iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		if s.used {
@@ -194,6 +195,11 @@ func (s *Stream) read(yield func(Event, error) bool) (done, stop bool, err error
 			continue
 		}
 		if terminal != nil {
+			if e, ok := terminal.(*Error); ok && e.Code == "BUSY" && s.started {
+				// The connection fell too far behind the turn and the
+				// server closed it; the turn goes on: resume.
+				return false, false, e
+			}
 			yield(Event{}, terminal)
 			return true, false, nil
 		}
@@ -257,6 +263,7 @@ func (s *Stream) parse(ev sse.Event) (out *Event, terminal error, err error) {
 		if e.TurnID == "" {
 			e.TurnID = s.turnID
 		}
+		s.offset = s.eventOffset(ev, s.offset)
 		return &Event{}, e, nil
 	}
 	return nil, nil, nil // unknown events are ignored, as SSE clients do
