@@ -176,7 +176,7 @@ func (c *Config) defaults() {
 		c.CPUSessions = 512
 	}
 	if c.CPULongSessions <= 0 {
-		c.CPULongSessions = 32
+		c.CPULongSessions = 64
 	}
 	if c.CPULongRounds <= 0 {
 		c.CPULongRounds = 16

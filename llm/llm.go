@@ -55,6 +55,9 @@ const (
 
 // Request is one chat call. System messages may appear anywhere at the head
 // of Messages; providers that take the system prompt separately join them.
+// A Client reads a request only during the call: it must not modify
+// Messages, nor keep the slice after returning (copy what it keeps), since
+// the caller reuses the slice's array for its next call.
 type Request struct {
 	Messages  []Message
 	Tools     []Tool

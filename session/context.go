@@ -32,7 +32,8 @@ func estimateAll(ms []llm.Message) int {
 // history as it stands after any summarisation, with its wire encoding, and
 // the index of the history's first message in the messages.
 func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) ([]llm.Message, *History, int, error) {
-	var head []llm.Message
+	var headRoom [viewPrefix]llm.Message
+	head := headRoom[:0]
 	d := req.Session.Data
 	sys := d.SystemPrompt
 	if sys == nil || *sys == "" {
@@ -79,14 +80,55 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) (
 			hist = (&History{Summary: summary, SummaryThrough: through, Records: append([]Record(nil), hist.clean[cut:]...)}).prepare()
 		}
 	}
-	out := make([]llm.Message, 0, len(head)+len(hist.msgs)+2)
-	out = append(out, head...)
 	if summary != nil && *summary != "" {
-		out = append(out, llm.Message{Role: llm.RoleSystem, Content: "Summary of the earlier conversation:\n" + *summary})
+		head = append(head, llm.Message{Role: llm.RoleSystem, Content: "Summary of the earlier conversation:\n" + *summary})
 	}
-	at := len(out)
-	out = append(out, hist.msgs...)
+	at := len(head)
+	var out []llm.Message
+	if hist.room != nil && at <= viewPrefix {
+		// The head goes in the room in front of the view: the history
+		// is not copied. The input goes after it, past the view's length.
+		start := viewPrefix - at
+		copy(hist.room[start:viewPrefix], head)
+		out = hist.room[start : viewPrefix+len(hist.msgs)]
+	} else {
+		out = make([]llm.Message, 0, at+len(hist.msgs)+2)
+		out = append(append(out, head...), hist.msgs...)
+	}
 	return append(out, input), e.encoded(hist), at, nil
+}
+
+// viewPrefix is the room a history's view keeps in front of its messages
+// for a turn's head (system prompt, scope, memory, insight, summary: five
+// at most). A session's turns run one at a time, so one turn at a time
+// writes there, and after the view's length; older views of the same room
+// are shorter and never see those writes.
+const viewPrefix = 5
+
+// newView lays msgs out after the room for a head, with spare capacity for
+// the turns to come.
+func newView(msgs []llm.Message) (room, view []llm.Message) {
+	room = make([]llm.Message, viewPrefix+len(msgs), viewPrefix+len(msgs)+len(msgs)/2+16)
+	copy(room[viewPrefix:], msgs)
+	return room, room[viewPrefix:]
+}
+
+// appendView returns the view msgs (in room) followed by more: in room
+// when it has the capacity, written past msgs' length only, else in a new
+// room with twice the space, so a session's history is copied a
+// logarithmic number of times as it grows, not once per turn.
+func appendView(room, msgs, more []llm.Message) (newRoom, view []llm.Message) {
+	if room == nil {
+		return newView(append(msgs[:len(msgs):len(msgs)], more...))
+	}
+	n := viewPrefix + len(msgs)
+	if n+len(more) > cap(room) {
+		grown := make([]llm.Message, n, 2*(n+len(more))+16)
+		copy(grown, room[:n])
+		room = grown
+	}
+	room = append(room[:n], more...)
+	return room, room[viewPrefix:]
 }
 
 // encoded returns hist with its wire encoding, encoding the model view
@@ -114,9 +156,9 @@ func (h *History) prepare() *History {
 		return h
 	}
 	clean := sanitize(h.Records)
-	msgs := toMessages(clean)
+	room, msgs := newView(toMessages(clean))
 	return &History{Summary: h.Summary, SummaryThrough: h.SummaryThrough, Records: h.Records,
-		clean: clean, msgs: msgs, tokens: estimateAll(msgs), ready: true}
+		clean: clean, msgs: msgs, room: room, tokens: estimateAll(msgs), ready: true}
 }
 
 // withTurn returns the history followed by a committed turn's records (a
@@ -131,8 +173,9 @@ func (h *History) withTurn(recs []Record, enc llm.HistoryEncoder) *History {
 		// On failure the next turn encodes the whole view again.
 		wire, _ = enc.EncodeHistory(h.wire, msgs)
 	}
+	room, view := appendView(h.room, h.msgs, msgs)
 	return &History{Summary: h.Summary, SummaryThrough: h.SummaryThrough, Records: append(h.Records, recs...),
-		clean: append(h.clean, recs...), msgs: append(h.msgs, msgs...), tokens: h.tokens + estimateAll(msgs), ready: true,
+		clean: append(h.clean, recs...), msgs: view, room: room, tokens: h.tokens + estimateAll(msgs), ready: true,
 		wire: wire}
 }
 

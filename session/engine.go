@@ -113,9 +113,13 @@ type History struct {
 	SummaryThrough int64
 	Records        []Record
 
-	// The model's view, computed once (see prepare).
+	// The model's view, computed once (see prepare). msgs lies in room
+	// after viewPrefix slots, so that a turn's messages are the view
+	// itself with its head in front (see assemble); room is nil for a
+	// view built some other way.
 	clean  []Record
 	msgs   []llm.Message
+	room   []llm.Message
 	tokens int
 	ready  bool
 	// wire is msgs in the model provider's wire format, when the provider

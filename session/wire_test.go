@@ -32,6 +32,7 @@ type recordingClient struct {
 }
 
 func (r *recordingClient) record(req llm.Request) {
+	req.Messages = append([]llm.Message(nil), req.Messages...) // a client keeps a copy (llm.Request)
 	r.mu.Lock()
 	r.reqs = append(r.reqs, req)
 	r.mu.Unlock()

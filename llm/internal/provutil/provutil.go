@@ -221,8 +221,10 @@ func HTTPClient() *http.Client {
 }
 
 // WriteBufferBytes is the default client's write buffer per connection: a
-// model request with about 80 turns of history fits, headers included.
-const WriteBufferBytes = 16 << 10
+// model request with about 340 turns of history fits, headers included.
+// A larger request goes out in more writes, and net/http copies its body
+// through a buffer it allocates for that request.
+const WriteBufferBytes = 64 << 10
 
 // inMemoryBody hands the transport a request's body as GetBody makes it
 // (the SDKs' GetBody returns the encoded bytes in a bytes.Reader). The SDKs

@@ -163,7 +163,7 @@ func TestHTTPClientSendsARequestInOneWrite(t *testing.T) {
 	}
 	c := HTTPClient()
 	tr := c.Transport.(inMemoryBody).next.(*http.Transport)
-	assert.EqualValues(t, 1, call(t, c.Transport, tr, 12<<10), "headers and a 12 KiB body in one write")
+	assert.EqualValues(t, 1, call(t, c.Transport, tr, 60<<10), "headers and a 60 KiB body in one write")
 	assert.EqualValues(t, 1, call(t, c.Transport, tr, 10), "a small body too")
 	assert.EqualValues(t, 2, call(t, tr, tr, 10), "without inMemoryBody the SDK's body wrapper costs a write")
 }
