@@ -113,10 +113,13 @@ func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, 
 }
 
 func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
-	body, err := c.body(req, false)
+	pb := provutil.NewBody()
+	body, err := c.body(pb.Buf, req, false)
 	if err != nil {
+		pb.Done()
 		return nil, err
 	}
+	pb.Buf = body
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
@@ -126,7 +129,8 @@ func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, 
 		attempt = c.cfg.Timeout
 	}
 	var raw *http.Response
-	err = c.sdk.Post(ctx, "v1/messages", nil, &raw, option.WithRequestBody("application/json", body), option.WithRequestTimeout(attempt))
+	err = c.sdk.Post(pb.Trace(ctx), "v1/messages", nil, &raw, option.WithRequestBody("application/json", body), option.WithRequestTimeout(attempt))
+	pb.Done() // no attempt starts after this; writes under way free it when they end
 	if err != nil {
 		return nil, c.mapError(ctx, err)
 	}
@@ -235,17 +239,21 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 }
 
 func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
-	body, err := c.body(req, true)
+	pb := provutil.NewBody()
+	body, err := c.body(pb.Buf, req, true)
 	if err != nil {
+		pb.Done()
 		return nil, err
 	}
+	pb.Buf = body
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
 	// The SDK builds, authenticates, retries and maps errors of the
 	// request; events are decoded here into a lean struct.
 	var raw *http.Response
-	err = c.sdk.Post(ctx, "v1/messages", nil, &raw, option.WithRequestBody("application/json", body))
+	err = c.sdk.Post(pb.Trace(ctx), "v1/messages", nil, &raw, option.WithRequestBody("application/json", body))
+	pb.Done() // no attempt starts after this; writes under way free it when they end
 	if err != nil {
 		return nil, c.mapError(ctx, err)
 	}

@@ -168,7 +168,7 @@ func (c *Client) encodeTools(tools []llm.Tool) ([]byte, error) {
 }
 
 // body builds the request body of req.
-func (c *Client) body(req llm.Request, stream bool) ([]byte, error) {
+func (c *Client) body(dst []byte, req llm.Request, stream bool) ([]byte, error) {
 	maxTokens := req.MaxTokens
 	if maxTokens <= 0 {
 		maxTokens = c.cfg.MaxTokens
@@ -208,7 +208,10 @@ func (c *Client) body(req llm.Request, stream bool) ([]byte, error) {
 	if req.Format == llm.FormatJSON {
 		system = append(system, jsonInstruction)
 	}
-	b := make([]byte, 0, size+size/8)
+	b := dst[:0]
+	if cap(b) < size {
+		b = make([]byte, 0, size+size/8)
+	}
 	b = append(b, `{"model":`...)
 	b = llm.AppendJSONString(b, c.cfg.Model)
 	b = append(b, `,"max_tokens":`...)

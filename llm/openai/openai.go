@@ -120,16 +120,20 @@ func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, 
 }
 
 func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
-	body, err := c.body(req, false)
+	pb := provutil.NewBody()
+	body, err := c.body(pb.Buf, req, false)
 	if err != nil {
+		pb.Done()
 		return nil, err
 	}
+	pb.Buf = body
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
 	var status int
 	var raw *http.Response
-	err = c.sdk.Post(ctx, "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
+	err = c.sdk.Post(pb.Trace(ctx), "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
+	pb.Done() // no attempt starts after this; writes under way free it when they end
 	if err != nil {
 		return nil, c.mapError(ctx, err, status)
 	}
@@ -209,10 +213,13 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 }
 
 func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
-	body, err := c.body(req, true)
+	pb := provutil.NewBody()
+	body, err := c.body(pb.Buf, req, true)
 	if err != nil {
+		pb.Done()
 		return nil, err
 	}
+	pb.Buf = body
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
@@ -222,7 +229,8 @@ func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 	// path (one decode per streamed token).
 	var status int
 	var raw *http.Response
-	err = c.sdk.Post(ctx, "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
+	err = c.sdk.Post(pb.Trace(ctx), "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
+	pb.Done() // no attempt starts after this; writes under way free it when they end
 	if err != nil {
 		return nil, c.mapError(ctx, err, status)
 	}

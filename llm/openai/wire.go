@@ -127,7 +127,7 @@ func (c *Client) encodeTools(tools []llm.Tool) ([]byte, error) {
 }
 
 // body builds the request body of req.
-func (c *Client) body(req llm.Request, stream bool) ([]byte, error) {
+func (c *Client) body(dst []byte, req llm.Request, stream bool) ([]byte, error) {
 	hist := req.History
 	if hist != nil && (hist.Provider != ProviderName || req.HistoryAt < 0 || req.HistoryAt+hist.Messages > len(req.Messages)) {
 		hist = nil
@@ -144,7 +144,10 @@ func (c *Client) body(req llm.Request, stream bool) ([]byte, error) {
 	if hist != nil {
 		size += len(hist.Closed)
 	}
-	b := make([]byte, 0, size+size/8)
+	b := dst[:0]
+	if cap(b) < size {
+		b = make([]byte, 0, size+size/8)
+	}
 	b = append(b, `{"model":`...)
 	b = llm.AppendJSONString(b, c.cfg.Model)
 	b = append(b, `,"messages":[`...)
