@@ -4,7 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/stellohq/stello/llm"
@@ -62,7 +63,7 @@ func (r *Registry) Definitions() []llm.Tool {
 	for _, t := range r.tools {
 		out = append(out, t.Definition())
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(a, b llm.Tool) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -94,18 +95,19 @@ const CreateSessionToolName = "stello_create_session"
 type CreateSessionTool struct{}
 
 // Definition implements Tool.
-func (CreateSessionTool) Definition() llm.Tool {
-	return llm.Tool{
-		Name: CreateSessionToolName,
-		Description: "Create a new child session (a sub-topic) under the current session. " +
-			"Use it when the user wants to explore a distinct sub-topic in its own thread.",
-		Parameters: json.RawMessage(`{"type":"object","properties":{` +
-			`"label":{"type":"string","description":"Short title of the new session"},` +
-			`"systemPrompt":{"type":"string","description":"System prompt of the new session; defaults to the current one"},` +
-			`"prompt":{"type":"string","description":"Opening assistant message of the new session"},` +
-			`"context":{"type":"string","enum":["none","inherit"],"description":"inherit copies this session's history"}` +
-			`},"required":["label"]}`),
-	}
+func (CreateSessionTool) Definition() llm.Tool { return createSessionDefinition }
+
+// createSessionDefinition is made once: a turn asks for it every time.
+var createSessionDefinition = llm.Tool{
+	Name: CreateSessionToolName,
+	Description: "Create a new child session (a sub-topic) under the current session. " +
+		"Use it when the user wants to explore a distinct sub-topic in its own thread.",
+	Parameters: json.RawMessage(`{"type":"object","properties":{` +
+		`"label":{"type":"string","description":"Short title of the new session"},` +
+		`"systemPrompt":{"type":"string","description":"System prompt of the new session; defaults to the current one"},` +
+		`"prompt":{"type":"string","description":"Opening assistant message of the new session"},` +
+		`"context":{"type":"string","enum":["none","inherit"],"description":"inherit copies this session's history"}` +
+		`},"required":["label"]}`),
 }
 
 // Call implements Tool.

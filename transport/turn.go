@@ -160,11 +160,11 @@ func (s *Server) turn(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badField("input", "is required and must be non-empty"))
 		return
 	}
-	f := newSSEFollower(s.opts.SSEQueueBytes)
-	o.Follower = f.follower()
 	sse := wantsSSE(r)
-	if !sse {
-		o.Follower.OnDelta = nil
+	var f *sseFollower
+	if sse {
+		f = newSSEFollower(s.opts.SSEQueueBytes)
+		o.Follower = f.follower()
 	}
 	p, err := s.spaces.SubmitTurn(r.Context(), userID(r), spaceID(r), sessionID(r), *b.Input, o)
 	if err != nil {
