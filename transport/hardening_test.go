@@ -65,7 +65,8 @@ func TestSSEEndsWithErrorWhenTheServerAborts(t *testing.T) {
 // bare close); its turn still completes and is stored, and a resume from
 // that id brings the rest.
 func TestSSESlowClientIsDisconnectedAndTheTurnGoesOn(t *testing.T) {
-	t.Parallel()
+	// Not parallel: 8 MiB through the mock under the race detector would
+	// starve the package's timing tests.
 	e := newTurnsEnv(t, testutil.StackOptions{Transport: transport.Options{SSEQueueBytes: 64 << 10, WSWriteTimeout: time.Minute}}, nil)
 	// 8 MiB: more than the loopback socket buffers hold (4 MiB send, the
 	// unread receive window far less), so the server's writes block.

@@ -906,7 +906,7 @@ func TestWSDeleteSpaceCloses4404(t *testing.T) {
 
 func TestWSPingKeepsAnsweringClient(t *testing.T) {
 	t.Parallel()
-	e := newWSEnv(t, testutil.StackOptions{Transport: transport.Options{WSPingInterval: 100 * time.Millisecond}})
+	e := newWSEnv(t, testutil.StackOptions{Transport: transport.Options{WSPingInterval: 250 * time.Millisecond}})
 	c := e.dial(t, e.spaceID)
 	var pings atomic.Int32
 	c.SetPingHandler(func(data string) error { // the default answer, counted
@@ -928,7 +928,8 @@ func TestWSPingKeepsAnsweringClient(t *testing.T) {
 	}()
 	// A peer is dropped when silent for two intervals; six pings means the
 	// connection lived through three such windows. (The interval leaves the
-	// client's pong 200ms, so that a loaded machine does not flake the test.)
+	// client's pong 500ms, so that a loaded machine, the race detector and
+	// the package's other tests running alongside do not flake the test.)
 	deadline := time.After(wsWait)
 	for pings.Load() < 6 {
 		select {
