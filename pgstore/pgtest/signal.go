@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // ErrNoPrivateServer is returned by Pause when the databases live on a
@@ -21,7 +22,8 @@ var ErrNoPrivateServer = errors.New("pgtest: the test databases are on an extern
 // appear: it sends SIGSTOP to the postmaster (so that it accepts no new
 // connection) and then to every one of its child processes (backends and
 // auxiliary processes). Connections stay open but nothing answers. The
-// returned resume sends SIGCONT to the same processes, children first; it
+// returned resume sends SIGCONT to the same processes, children first
+// (until then the freeze is held: see the comment inside); it
 // may be called more than once and is also registered with t.Cleanup, so a
 // failing test never leaves the server frozen. Pause starts the private
 // server if it is not running yet.
@@ -39,18 +41,57 @@ func Pause(t testing.TB) (resume func(), err error) {
 		return nil, fmt.Errorf("pgtest: stop postmaster %d: %w", pm, err)
 	}
 	// The postmaster is stopped, so it forks no new child from here on.
-	children := childPids(pm)
-	stopped := make([]int, 0, len(children))
-	for _, c := range children {
+	var mu sync.Mutex
+	stopped := map[int]bool{pm: true}
+	restopped := map[int]bool{}
+	for _, c := range childrenOf(pm) {
 		if syscall.Kill(c, syscall.SIGSTOP) == nil {
-			stopped = append(stopped, c)
+			stopped[c] = true
 		}
 	}
+	// The freeze is held until resume: a process that something else
+	// continues (the kernel sends SIGCONT to a stopped process group that
+	// becomes orphaned) is stopped again, with a child it forked meanwhile,
+	// and the test log says so.
+	done := make(chan struct{})
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			mu.Lock()
+			for _, pid := range append([]int{pm}, childrenOf(pm)...) {
+				// R or S: running or waiting, so continued (D may still
+				// be taking the stop, at the end of a system call).
+				if st := procState(pid); st == "R" || st == "S" {
+					if syscall.Kill(pid, syscall.SIGSTOP) == nil {
+						if !restopped[pid] {
+							t.Logf("pgtest: PostgreSQL process %d was running (state %s) during a pause: stopped again", pid, st)
+						}
+						stopped[pid], restopped[pid] = true, true
+					}
+				}
+			}
+			mu.Unlock()
+		}
+	}()
 	var once sync.Once
 	resume = func() {
 		once.Do(func() {
-			for _, c := range stopped {
-				_ = syscall.Kill(c, syscall.SIGCONT)
+			close(done)
+			<-held
+			mu.Lock()
+			defer mu.Unlock()
+			for c := range stopped {
+				if c != pm {
+					_ = syscall.Kill(c, syscall.SIGCONT)
+				}
 			}
 			_ = syscall.Kill(pm, syscall.SIGCONT)
 		})
@@ -59,37 +100,23 @@ func Pause(t testing.TB) (resume func(), err error) {
 	return resume, nil
 }
 
-// childPids lists the processes whose parent is pid, from /proc.
-func childPids(pid int) []int {
-	entries, err := os.ReadDir("/proc")
+// procState is a process's state letter from /proc (R, S, D, T, t, Z…),
+// "" when it is gone.
+func procState(pid int) string {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return nil
+		return ""
 	}
-	var out []int
-	for _, e := range entries {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the parenthesised command: state ppid ...
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 2 {
-			continue
-		}
-		if pp, err := strconv.Atoi(f[1]); err == nil && pp == pid {
-			out = append(out, n)
-		}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ""
 	}
-	return out
+	f := strings.Fields(s[i+1:])
+	if len(f) < 1 {
+		return ""
+	}
+	return f[0]
 }
 
 // Stop stops the private server, if one was started, and removes its
