@@ -83,18 +83,14 @@ func (e *Engine) assemble(ctx context.Context, req TurnRequest, hist *History) (
 	if summary != nil && *summary != "" {
 		head = append(head, llm.Message{Role: llm.RoleSystem, Content: "Summary of the earlier conversation:\n" + *summary})
 	}
+	// The head goes in the room in front of the view (a prepared history
+	// always has one, and a head has at most viewPrefix messages): the
+	// history is not copied. The input goes after it, past the view's
+	// length.
 	at := len(head)
-	var out []llm.Message
-	if hist.room != nil && at <= viewPrefix {
-		// The head goes in the room in front of the view: the history
-		// is not copied. The input goes after it, past the view's length.
-		start := viewPrefix - at
-		copy(hist.room[start:viewPrefix], head)
-		out = hist.room[start : viewPrefix+len(hist.msgs)]
-	} else {
-		out = make([]llm.Message, 0, at+len(hist.msgs)+2)
-		out = append(append(out, head...), hist.msgs...)
-	}
+	start := viewPrefix - at
+	copy(hist.room[start:viewPrefix], head)
+	out := hist.room[start : viewPrefix+len(hist.msgs)]
 	return append(out, input), e.encoded(hist), at, nil
 }
 
@@ -118,9 +114,6 @@ func newView(msgs []llm.Message) (room, view []llm.Message) {
 // room with twice the space, so a session's history is copied a
 // logarithmic number of times as it grows, not once per turn.
 func appendView(room, msgs, more []llm.Message) (newRoom, view []llm.Message) {
-	if room == nil {
-		return newView(append(msgs[:len(msgs):len(msgs)], more...))
-	}
 	n := viewPrefix + len(msgs)
 	if n+len(more) > cap(room) {
 		grown := make([]llm.Message, n, 2*(n+len(more))+16)

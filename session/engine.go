@@ -115,8 +115,7 @@ type History struct {
 
 	// The model's view, computed once (see prepare). msgs lies in room
 	// after viewPrefix slots, so that a turn's messages are the view
-	// itself with its head in front (see assemble); room is nil for a
-	// view built some other way.
+	// itself with its head in front (see assemble).
 	clean  []Record
 	msgs   []llm.Message
 	room   []llm.Message

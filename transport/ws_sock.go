@@ -178,20 +178,16 @@ func (s *wsSock) control(onPing func(payload []byte) error, onPong func()) (int,
 }
 
 // peek copies what the socket holds, up to len(b) bytes, without taking it.
-func (s *wsSock) peek(b []byte) (int, error) {
-	var n int
-	var serr error
-	if err := s.raw.Control(func(fd uintptr) { n, serr = peekFD(fd, b) }); err != nil {
-		return 0, err
-	}
-	return n, serr
-}
+func (s *wsSock) peek(b []byte) (int, error) { return s.onFD(peekFD, b) }
 
 // recv takes len(b) bytes the socket was seen to hold.
-func (s *wsSock) recv(b []byte) (int, error) {
+func (s *wsSock) recv(b []byte) (int, error) { return s.onFD(recvFD, b) }
+
+// onFD runs a system call on the socket's descriptor.
+func (s *wsSock) onFD(call func(fd uintptr, b []byte) (int, error), b []byte) (int, error) {
 	var n int
 	var serr error
-	if err := s.raw.Control(func(fd uintptr) { n, serr = recvFD(fd, b) }); err != nil {
+	if err := s.raw.Control(func(fd uintptr) { n, serr = call(fd, b) }); err != nil {
 		return 0, err
 	}
 	return n, serr
