@@ -38,13 +38,10 @@ func (s *Store) CreateSpace(ctx context.Context, userID string, in session.Space
 			Status: session.StatusActive, CreatedAt: t, UpdatedAt: t, LastActiveAt: t},
 		Data: session.Data{SystemPrompt: in.SystemPrompt},
 	}
-	// One batch: one round trip, one implicit transaction.
-	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO spaces (id, user_id, label, system_prompt, consolidate_prompt, integrate_prompt, config, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)`, sp.ID, userID, sp.Label, sp.SystemPrompt, sp.ConsolidatePrompt, sp.IntegratePrompt, []byte(cfg), t)
-	queueSession(b, root)
-	if err := s.sendBatch(ctx, b); err != nil {
-		return session.Space{}, session.State{}, wrap(ctx, "create space", err)
+	// Written with the creates that arrive meanwhile: see createQueue.
+	r := &createReq{ctx: ctx, sp: sp, root: root, done: make(chan struct{}), lead: make(chan struct{})}
+	if err := s.creates.create(r, s.writeCreates); err != nil {
+		return session.Space{}, session.State{}, err
 	}
 	return sp, root, nil
 }

@@ -24,7 +24,8 @@ import (
 
 // Store is the PostgreSQL storage. It is safe for concurrent use.
 type Store struct {
-	pool *pgxpool.Pool
+	pool    *pgxpool.Pool
+	creates createQueue
 }
 
 // DefaultStatementTimeout is PoolOptions.StatementTimeout when it is zero.
