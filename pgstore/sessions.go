@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -135,105 +136,30 @@ func (s *Store) RecordsAfter(ctx context.Context, spaceID, sessionID string, aft
 // commitTimeout bounds a turn's commit once it is on the wire.
 const commitTimeout = 30 * time.Second
 
+// newCommits is the queue of turn commits (see groupQueue): the turns of
+// every space that finish together commit together.
+func newCommits() groupQueue[*turnCommit] {
+	return groupQueue[*turnCommit]{maxGroup: 64, maxFlights: 4}
+}
+
+// turnCommit is one turn's commit and, once written, its results.
+type turnCommit struct {
+	c     session.TurnCommit
+	turns int
+	ids   []int64
+}
+
 // CommitTurn writes a turn's records, bumps the turn count and last-active
 // time, clears the consumed insight and, with c.Log, inserts the turn's row
 // in the turn log, in one transaction. It returns the new turn count and
-// the ids given to the records.
+// the ids given to the records. The turns of other sessions that commit at
+// the same moment may share the transaction (see groupQueue); each turn's
+// writes still commit whole or not at all.
 func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []int64, error) {
-	roles := make([]string, len(c.Records))
-	contents := make([]string, len(c.Records))
-	calls := make([]*string, len(c.Records))
-	callIDs := make([]*string, len(c.Records))
-	for i, r := range c.Records {
-		roles[i] = string(r.Role)
-		contents[i] = r.Content
-		if len(r.ToolCalls) > 0 {
-			b, err := json.Marshal(r.ToolCalls)
-			if err != nil {
-				return 0, nil, fmt.Errorf("commit turn: encode tool calls: %w", err)
-			}
-			s := string(b)
-			calls[i] = &s
-		}
-		if r.ToolCallID != "" {
-			id := r.ToolCallID
-			callIDs[i] = &id
-		}
-	}
-	// One batch is one round trip and runs in one implicit transaction:
-	// either every statement commits or none does.
-	b := &pgx.Batch{}
-	fenced := queueFence(ctx, b, c.SpaceID)
-	b.Queue(`INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
-		SELECT $1, $2, t.role, t.content, t.calls, t.call_id, $7
-		FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[]) WITH ORDINALITY AS t(role, content, calls, call_id, n)
-		ORDER BY t.n RETURNING id`, c.SpaceID, c.SessionID, roles, contents, calls, callIDs, c.At)
-	if c.Log == nil {
-		b.Queue(`UPDATE sessions SET turn_count = turn_count + 1, last_active_at = $3, updated_at = $3
-		WHERE space_id = $1 AND id = $2 RETURNING turn_count`, c.SpaceID, c.SessionID, c.At)
-	} else {
-		// The turn's row is inserted from the session row the same
-		// statement updates: no row without its session, and no foreign
-		// key check (the session row stays locked until the commit, so a
-		// delete of the session waits for it, then deletes the row too).
-		// A turn id is new: a conflict on it fails the commit.
-		args := turnLogArgs(*c.Log)
-		args[1], args[2] = c.SpaceID, c.SessionID
-		b.Queue(`WITH s AS (
-			UPDATE sessions SET turn_count = turn_count + 1, last_active_at = $15, updated_at = $15
-			WHERE space_id = $2 AND id = $3 RETURNING space_id, id, turn_count)
-		INSERT INTO turns `+turnLogValues+` FROM s
-		RETURNING (SELECT turn_count FROM s)`, append(args, c.At)...)
-	}
-	if c.ConsumedInsight != nil {
-		b.Queue(`UPDATE session_data SET insight = NULL WHERE space_id = $1 AND session_id = $2 AND insight = $3`,
-			c.SpaceID, c.SessionID, *c.ConsumedInsight)
-	}
-	var turns int
-	var ids []int64
-	err := func() error {
-		conn, err := s.pool.Acquire(ctx)
-		if err != nil {
-			return err
-		}
-		defer conn.Release()
-		// The implicit transaction commits on the server at the end of the
-		// batch, whatever happens to the client: once the batch is sent, ctx
-		// must not cut it short, or a turn that committed would be reported
-		// as failed (and "nothing persisted").
-		// It is still bounded, so a dead connection cannot hold the turn.
-		// The statement timeout's client-side deadline must not cut it
-		// either (the server side still applies: a statement it cancels
-		// aborts the whole batch, so the answer matches the database).
-		sctx, cancel := context.WithTimeout(withoutStatementTimeout(context.WithoutCancel(ctx)), commitTimeout)
-		defer cancel()
-		br := conn.SendBatch(sctx, b)
-		defer br.Close()
-		if fenced {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		}
-		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		ids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return err
-		}
-		if err := br.QueryRow().Scan(&turns); err != nil {
-			return err
-		}
-		if c.ConsumedInsight != nil {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		}
-		return br.Close()
-	}()
-	if err == nil && len(ids) != len(c.Records) {
-		err = fmt.Errorf("wrote %d of %d records", len(ids), len(c.Records))
+	tc := &turnCommit{c: c}
+	err := s.commits.do(ctx, tc, s.writeCommits)
+	if err == nil && len(tc.ids) != len(c.Records) {
+		err = fmt.Errorf("wrote %d of %d records", len(tc.ids), len(c.Records))
 	}
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -242,5 +168,164 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 		}
 		return 0, nil, wrap(ctx, "commit turn", err)
 	}
-	return turns, ids, nil
+	return tc.turns, tc.ids, nil
+}
+
+// errSplit makes writeGroup write a group's commits one by one.
+var errSplit = errors.New("two turns of one session in one group")
+
+// writeCommits writes the turns of group: at most five statements whatever
+// their number (the leases' checks, the records, the sessions' turn counts,
+// the turn log rows, the consumed insights), in one batch: one round trip,
+// one implicit transaction.
+func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]) error {
+	n := len(group)
+	bySession := make(map[string]*turnCommit, n)
+	var fSpaces, fNodes []string
+	var fEpochs []int64
+	var rSpaces, rSessions, rRoles, rContents []string
+	var rCalls, rCallIDs []*string
+	var rAt []time.Time
+	sSpaces, sSessions, sAt := make([]string, n), make([]string, n), make([]time.Time, n)
+	var iSpaces, iSessions, iInsights []string
+	var log turnLogColumnsOf
+	for i, r := range group {
+		c := r.in.c
+		if _, dup := bySession[c.SessionID]; dup {
+			return errSplit
+		}
+		bySession[c.SessionID] = r.in
+		r.in.ids, r.in.turns = nil, 0
+		if l, ok := session.LeaseFrom(r.ctx); ok {
+			fSpaces, fNodes, fEpochs = append(fSpaces, c.SpaceID), append(fNodes, l.NodeID), append(fEpochs, l.Epoch)
+		}
+		for _, rec := range c.Records {
+			var calls, callID *string
+			if len(rec.ToolCalls) > 0 {
+				b, err := json.Marshal(rec.ToolCalls)
+				if err != nil {
+					return fmt.Errorf("encode tool calls: %w", err)
+				}
+				s := string(b)
+				calls = &s
+			}
+			if rec.ToolCallID != "" {
+				id := rec.ToolCallID
+				callID = &id
+			}
+			rSpaces, rSessions = append(rSpaces, c.SpaceID), append(rSessions, c.SessionID)
+			rRoles, rContents = append(rRoles, string(rec.Role)), append(rContents, rec.Content)
+			rCalls, rCallIDs, rAt = append(rCalls, calls), append(rCallIDs, callID), append(rAt, c.At)
+		}
+		sSpaces[i], sSessions[i], sAt[i] = c.SpaceID, c.SessionID, c.At
+		if c.ConsumedInsight != nil {
+			iSpaces, iSessions, iInsights = append(iSpaces, c.SpaceID), append(iSessions, c.SessionID), append(iInsights, *c.ConsumedInsight)
+		}
+		if c.Log != nil {
+			log.add(*c.Log, c.SpaceID, c.SessionID)
+		}
+	}
+	b := &pgx.Batch{}
+	if len(fSpaces) > 0 {
+		b.Queue(`SELECT stello_fence(t.space, t.node, t.epoch) FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t(space, node, epoch)`,
+			fSpaces, fNodes, fEpochs)
+	}
+	// Records get their ids in the order of the input (ORDER BY t.n).
+	b.Queue(`INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
+		SELECT t.space, t.sess, t.role, t.content, t.calls, t.call_id, t.at
+		FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[])
+			WITH ORDINALITY AS t(space, sess, role, content, calls, call_id, at, n)
+		ORDER BY t.n RETURNING session_id::text, id`, rSpaces, rSessions, rRoles, rContents, rCalls, rCallIDs, rAt)
+	// The session rows stay locked until the commit: a delete of a session
+	// waits for it, then deletes its records and turn log rows too.
+	b.Queue(`UPDATE sessions s SET turn_count = s.turn_count + 1, last_active_at = t.at, updated_at = t.at
+		FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS t(space, sess, at)
+		WHERE s.space_id = t.space AND s.id = t.sess
+		RETURNING s.id::text, s.turn_count`, sSpaces, sSessions, sAt)
+	if len(log.ids) > 0 {
+		// Inserted from the session rows just updated (so locked): no row
+		// without its session, and no foreign key check. A turn id is new:
+		// a conflict on it fails the commit.
+		b.Queue(`INSERT INTO turns (id, space_id, session_id, state, input, idempotency_key, final_content,
+			tool_round_count, tool_calls_executed, raw_response, error_code, error_message, created_at, finished_at)
+		SELECT t.id, s.space_id, s.id, t.state, t.input, t.key, t.final, t.rounds, t.calls, t.raw, t.code, t.message, t.created, t.finished
+		FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[],
+				$10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])
+			AS t(id, space, sess, state, input, key, final, rounds, calls, raw, code, message, created, finished)
+		JOIN sessions s ON s.space_id = t.space AND s.id = t.sess`, log.args()...)
+	}
+	if len(iSessions) > 0 {
+		b.Queue(`UPDATE session_data d SET insight = NULL
+		FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(space, sess, insight)
+		WHERE d.space_id = t.space AND d.session_id = t.sess AND d.insight = t.insight`, iSpaces, iSessions, iInsights)
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	// The implicit transaction commits on the server at the end of the
+	// batch, whatever happens to the client: once the batch is sent, nothing
+	// may cut it short, or a turn that committed would be reported as failed
+	// (and "nothing persisted"). It is still bounded, so a dead connection
+	// cannot hold the turns. The statement timeout's client-side deadline
+	// must not cut it either (the server side still applies: a statement it
+	// cancels aborts the whole batch, so the answer matches the database).
+	sctx, cancel := context.WithTimeout(withoutStatementTimeout(ctx), commitTimeout)
+	defer cancel()
+	br := conn.SendBatch(sctx, b)
+	defer br.Close()
+	if len(fSpaces) > 0 {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	var sess string
+	var id, turns int64
+	if _, err := pgx.ForEachRow(rows, []any{&sess, &id}, func() error {
+		if tc := bySession[sess]; tc != nil {
+			tc.ids = append(tc.ids, id)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	rows, err = br.Query()
+	if err != nil {
+		return err
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&sess, &turns}, func() error {
+		if tc := bySession[sess]; tc != nil {
+			tc.turns = int(turns)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if len(log.ids) > 0 {
+		tag, err := br.Exec()
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != int64(len(log.ids)) {
+			return fmt.Errorf("logged %d of %d turns: %w", tag.RowsAffected(), len(log.ids), pgx.ErrNoRows)
+		}
+	}
+	if len(iSessions) > 0 {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	for _, r := range group {
+		// Ids in the order of the turn's records (identity order).
+		slices.Sort(r.in.ids)
+		if r.in.turns == 0 {
+			return fmt.Errorf("session %s: %w", r.in.c.SessionID, pgx.ErrNoRows)
+		}
+	}
+	return br.Close()
 }

@@ -38,10 +38,9 @@ func (s *Store) CreateSpace(ctx context.Context, userID string, in session.Space
 			Status: session.StatusActive, CreatedAt: t, UpdatedAt: t, LastActiveAt: t},
 		Data: session.Data{SystemPrompt: in.SystemPrompt},
 	}
-	// Written with the creates that arrive meanwhile: see createQueue.
-	r := &createReq{ctx: ctx, sp: sp, root: root, done: make(chan struct{}), lead: make(chan struct{})}
-	if err := s.creates.create(r, s.writeCreates); err != nil {
-		return session.Space{}, session.State{}, err
+	// Written with the creates that arrive meanwhile: see groupQueue.
+	if err := s.creates.do(ctx, &spaceCreate{sp: sp, root: root}, s.writeCreates); err != nil {
+		return session.Space{}, session.State{}, wrap(ctx, "create space", err)
 	}
 	return sp, root, nil
 }

@@ -25,7 +25,8 @@ import (
 // Store is the PostgreSQL storage. It is safe for concurrent use.
 type Store struct {
 	pool    *pgxpool.Pool
-	creates createQueue
+	creates groupQueue[*spaceCreate]
+	commits groupQueue[*turnCommit]
 }
 
 // DefaultStatementTimeout is PoolOptions.StatementTimeout when it is zero.
@@ -81,12 +82,14 @@ func Open(ctx context.Context, url string, o PoolOptions) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	return New(pool), nil
 }
 
 // New wraps an existing pool. Statement deadlines are the pool's own (see
 // PoolOptions.StatementTimeout for what Open sets up).
-func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+func New(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool, creates: newCreates(), commits: newCommits()}
+}
 
 // Pool returns the underlying pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
