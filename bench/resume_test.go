@@ -141,12 +141,13 @@ func TestTurnSQLMatchesCommitTurn(t *testing.T) {
 		update := strings.Index(script, "UPDATE sessions")
 		require.True(t, fence >= 0 && records > fence && update > records, "%s: fence, records, session update:\n%s", name, script)
 		assert.Equal(t, 1, strings.Count(script, "UPDATE sessions"), name)
+		assert.Contains(t, script, "WITH s AS (\n  UPDATE sessions", name)
 		assert.Equal(t, 1, strings.Count(script, `\startpipeline`), name)
 		assert.Equal(t, 1, strings.Count(script, `\endpipeline`), name)
 	}
 	update := strings.Index(pgbench.TurnSQL, "UPDATE sessions")
 	logRow := strings.Index(pgbench.TurnSQL, "INSERT INTO turns")
-	assert.Greater(t, logRow, update, "the turn's row follows the session update")
-	assert.Contains(t, pgbench.TurnSQL[logRow:], "JOIN sessions s", "the row is inserted from the session row")
+	assert.Greater(t, logRow, update, "the session update comes first in the statement")
+	assert.Contains(t, pgbench.TurnSQL[logRow:], "JOIN s ON", "the row is inserted from the session row the statement updates")
 	assert.NotContains(t, pgbench.TurnSQLWithoutLog, "INSERT INTO turns")
 }

@@ -390,7 +390,7 @@ func TestCommitTurnCancelledMidCommit(t *testing.T) {
 	// Wait until the turn is blocked on the lock, its records inserted.
 	require.Eventually(t, func() bool {
 		return count(t, st, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-			AND wait_event_type = 'Lock' AND query LIKE 'UPDATE sessions s SET turn_count%'`) == 1
+			AND wait_event_type = 'Lock' AND query LIKE 'WITH s AS (UPDATE sessions s SET turn_count%'`) == 1
 	}, 20*time.Second, 5*time.Millisecond)
 	cancel()
 	require.NoError(t, lock.Rollback(t.Context()))
@@ -404,7 +404,7 @@ func TestCommitTurnCancelledMidCommit(t *testing.T) {
 	// before we look.
 	require.Eventually(t, func() bool {
 		return count(t, st, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-			AND query LIKE 'UPDATE sessions s SET turn_count%' AND state <> 'idle'`) == 0
+			AND query LIKE 'WITH s AS (UPDATE sessions s SET turn_count%' AND state <> 'idle'`) == 0
 	}, 20*time.Second, 5*time.Millisecond)
 
 	recs, err := st.ListRecords(t.Context(), sp.ID, root.Meta.ID, 0, 0)

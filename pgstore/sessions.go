@@ -174,10 +174,10 @@ func (s *Store) CommitTurn(ctx context.Context, c session.TurnCommit) (int, []in
 // errSplit makes writeGroup write a group's commits one by one.
 var errSplit = errors.New("two turns of one session in one group")
 
-// writeCommits writes the turns of group: at most five statements whatever
-// their number (the leases' checks, the records, the sessions' turn counts,
-// the turn log rows, the consumed insights), in one batch: one round trip,
-// one implicit transaction.
+// writeCommits writes the turns of group: at most four statements whatever
+// their number (the leases' checks, the records, the sessions' turn counts
+// with the turn log rows, the consumed insights), in one batch: one round
+// trip, one implicit transaction.
 func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]) error {
 	n := len(group)
 	bySession := make(map[string]*turnCommit, n)
@@ -222,7 +222,7 @@ func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]
 			iSpaces, iSessions, iInsights = append(iSpaces, c.SpaceID), append(iSessions, c.SessionID), append(iInsights, *c.ConsumedInsight)
 		}
 		if c.Log != nil {
-			log.add(*c.Log, c.SpaceID, c.SessionID)
+			log.add(*c.Log, c.SessionID)
 		}
 	}
 	b := &pgx.Batch{}
@@ -238,21 +238,25 @@ func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]
 		ORDER BY t.n RETURNING session_id::text, id`, rSpaces, rSessions, rRoles, rContents, rCalls, rCallIDs, rAt)
 	// The session rows stay locked until the commit: a delete of a session
 	// waits for it, then deletes its records and turn log rows too.
-	b.Queue(`UPDATE sessions s SET turn_count = s.turn_count + 1, last_active_at = t.at, updated_at = t.at
+	const update = `UPDATE sessions s SET turn_count = s.turn_count + 1, last_active_at = t.at, updated_at = t.at
 		FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS t(space, sess, at)
 		WHERE s.space_id = t.space AND s.id = t.sess
-		RETURNING s.id::text, s.turn_count`, sSpaces, sSessions, sAt)
-	if len(log.ids) > 0 {
-		// Inserted from the session rows just updated (so locked): no row
-		// without its session, and no foreign key check. A turn id is new:
-		// a conflict on it fails the commit.
-		b.Queue(`INSERT INTO turns (id, space_id, session_id, state, input, idempotency_key, final_content,
+		RETURNING s.space_id, s.id, s.turn_count`
+	if len(log.ids) == 0 {
+		b.Queue(`WITH s AS (`+update+`) SELECT s.id::text, s.turn_count FROM s`, sSpaces, sSessions, sAt)
+	} else {
+		// The turns' rows are inserted from the session rows the same
+		// statement updates: no row without its session, and no foreign key
+		// check. A turn id is new: a conflict on it fails the commit.
+		b.Queue(`WITH s AS (`+update+`),
+		logged AS (INSERT INTO turns (id, space_id, session_id, state, input, idempotency_key, final_content,
 			tool_round_count, tool_calls_executed, raw_response, error_code, error_message, created_at, finished_at)
-		SELECT t.id, s.space_id, s.id, t.state, t.input, t.key, t.final, t.rounds, t.calls, t.raw, t.code, t.message, t.created, t.finished
-		FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[],
-				$10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])
-			AS t(id, space, sess, state, input, key, final, rounds, calls, raw, code, message, created, finished)
-		JOIN sessions s ON s.space_id = t.space AND s.id = t.sess`, log.args()...)
+		SELECT l.id, s.space_id, s.id, l.state, l.input, l.key, l.final, l.rounds, l.calls, l.raw, l.code, l.message, l.created, l.finished
+		FROM unnest($4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[],
+				$12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[])
+			AS l(id, sess, state, input, key, final, rounds, calls, raw, code, message, created, finished)
+		JOIN s ON s.id = l.sess)
+		SELECT s.id::text, s.turn_count FROM s`, append([]any{sSpaces, sSessions, sAt}, log.args()...)...)
 	}
 	if len(iSessions) > 0 {
 		b.Queue(`UPDATE session_data d SET insight = NULL
@@ -305,15 +309,6 @@ func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]
 		return nil
 	}); err != nil {
 		return err
-	}
-	if len(log.ids) > 0 {
-		tag, err := br.Exec()
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() != int64(len(log.ids)) {
-			return fmt.Errorf("logged %d of %d turns: %w", tag.RowsAffected(), len(log.ids), pgx.ErrNoRows)
-		}
 	}
 	if len(iSessions) > 0 {
 		if _, err := br.Exec(); err != nil {

@@ -42,20 +42,20 @@ func turnLogArgs(l session.TurnLog) []any {
 }
 
 // turnLogColumnsOf gathers turn log rows as the column arrays of an
-// unnest: its args are in the order of turnLogValues' columns.
+// unnest (see writeCommits for their order).
 type turnLogColumnsOf struct {
-	ids, spaces, sessions, states, inputs, raws []string
+	ids, sessions, states, inputs, raws []string
 	keys, finals, codes, messages               []*string
 	rounds, calls                               []int32
 	created, finished                           []time.Time
 }
 
-func (c *turnLogColumnsOf) add(l session.TurnLog, spaceID, sessionID string) {
+func (c *turnLogColumnsOf) add(l session.TurnLog, sessionID string) {
 	fin := time.Now().UTC()
 	if l.FinishedAt != nil {
 		fin = *l.FinishedAt
 	}
-	c.ids, c.spaces, c.sessions = append(c.ids, l.ID), append(c.spaces, spaceID), append(c.sessions, sessionID)
+	c.ids, c.sessions = append(c.ids, l.ID), append(c.sessions, sessionID)
 	c.states, c.inputs, c.keys = append(c.states, l.State), append(c.inputs, l.Input), append(c.keys, nullable(l.IdempotencyKey))
 	c.finals, c.rounds, c.calls = append(c.finals, l.FinalContent), append(c.rounds, int32(l.ToolRoundCount)), append(c.calls, int32(l.ToolCallsExecuted))
 	c.raws, c.codes, c.messages = append(c.raws, l.RawResponse), append(c.codes, nullable(l.ErrorCode)), append(c.messages, nullable(l.ErrorMessage))
@@ -63,7 +63,7 @@ func (c *turnLogColumnsOf) add(l session.TurnLog, spaceID, sessionID string) {
 }
 
 func (c *turnLogColumnsOf) args() []any {
-	return []any{c.ids, c.spaces, c.sessions, c.states, c.inputs, c.keys, c.finals, c.rounds, c.calls,
+	return []any{c.ids, c.sessions, c.states, c.inputs, c.keys, c.finals, c.rounds, c.calls,
 		c.raws, c.codes, c.messages, c.created, c.finished}
 }
 
