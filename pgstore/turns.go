@@ -45,9 +45,9 @@ func turnLogArgs(l session.TurnLog) []any {
 // unnest (see writeCommits for their order).
 type turnLogColumnsOf struct {
 	ids, sessions, states, inputs, raws []string
-	keys, finals, codes, messages               []*string
-	rounds, calls                               []int32
-	created, finished                           []time.Time
+	keys, finals, codes, messages       []*string
+	rounds, calls                       []int32
+	created, finished                   []time.Time
 }
 
 func (c *turnLogColumnsOf) add(l session.TurnLog, sessionID string) {
