@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -348,8 +349,9 @@ type chunkToolCall struct {
 
 // parseChunk reads a chat.completion.chunk into c (reusing its slices).
 // One chunk arrives per streamed token, so it is read with a validating
-// scan and direct field lookups instead of reflective decoding, which was
-// half of the streaming path's CPU.
+// scan and one pass over each object's members instead of reflective
+// decoding, which was half of the streaming path's CPU. As with
+// encoding/json, a member given twice takes its last value.
 func parseChunk(data []byte, c *streamChunk) error {
 	if !gjson.ValidBytes(data) {
 		return errors.New("malformed stream chunk: invalid JSON")
@@ -360,23 +362,114 @@ func parseChunk(data []byte, c *streamChunk) error {
 	}
 	c.Choices = c.Choices[:0]
 	c.Usage = nil
-	root.Get("choices").ForEach(func(_, ch gjson.Result) bool {
-		choice := chunkChoice{Index: int(ch.Get("index").Int()), FinishReason: ch.Get("finish_reason").String()}
-		d := ch.Get("delta")
-		choice.Delta.Content = d.Get("content").String()
-		d.Get("tool_calls").ForEach(func(_, tc gjson.Result) bool {
-			fn := tc.Get("function")
-			choice.Delta.ToolCalls = append(choice.Delta.ToolCalls, chunkToolCall{Index: int(tc.Get("index").Int()),
-				ID: tc.Get("id").String(), Name: fn.Get("name").String(), Arguments: fn.Get("arguments").String()})
-			return true
-		})
-		c.Choices = append(c.Choices, choice)
+	root.ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "choices":
+			c.Choices = c.Choices[:0]
+			if !v.IsArray() {
+				break // null: no choices (ForEach would visit the null itself)
+			}
+			v.ForEach(func(_, ch gjson.Result) bool {
+				c.Choices = append(c.Choices, parseChoice(ch))
+				return true
+			})
+		case "usage":
+			c.Usage = nil
+			if v.IsObject() {
+				u := &chunkUsage{}
+				v.ForEach(func(k, v gjson.Result) bool {
+					switch k.Str {
+					case "prompt_tokens":
+						u.PromptTokens = int(v.Int())
+					case "completion_tokens":
+						u.CompletionTokens = int(v.Int())
+					}
+					return true
+				})
+				c.Usage = u
+			}
+		}
 		return true
 	})
-	if u := root.Get("usage"); u.IsObject() {
-		c.Usage = &chunkUsage{PromptTokens: int(u.Get("prompt_tokens").Int()), CompletionTokens: int(u.Get("completion_tokens").Int())}
-	}
 	return nil
+}
+
+// text is v as a string, each byte that is not UTF-8 replaced by U+FFFD as
+// encoding/json does: PostgreSQL's text refuses such bytes, so a reply
+// holding them could never be stored.
+func text(v gjson.Result) string {
+	s := v.String()
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		if r == utf8.RuneError && n == 1 {
+			b.WriteString("\uFFFD")
+		} else {
+			b.WriteString(s[:n])
+		}
+		s = s[n:]
+	}
+	return b.String()
+}
+
+func parseChoice(ch gjson.Result) chunkChoice {
+	var choice chunkChoice
+	ch.ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "index":
+			choice.Index = int(v.Int())
+		case "finish_reason":
+			choice.FinishReason = text(v)
+		case "delta":
+			choice.Delta = chunkDelta{}
+			v.ForEach(func(k, v gjson.Result) bool {
+				switch k.Str {
+				case "content":
+					choice.Delta.Content = text(v)
+				case "tool_calls":
+					choice.Delta.ToolCalls = nil
+					if !v.IsArray() {
+						break
+					}
+					v.ForEach(func(_, tc gjson.Result) bool {
+						choice.Delta.ToolCalls = append(choice.Delta.ToolCalls, parseToolCall(tc))
+						return true
+					})
+				}
+				return true
+			})
+		}
+		return true
+	})
+	return choice
+}
+
+func parseToolCall(tc gjson.Result) chunkToolCall {
+	var call chunkToolCall
+	tc.ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "index":
+			call.Index = int(v.Int())
+		case "id":
+			call.ID = text(v)
+		case "function":
+			call.Name, call.Arguments = "", ""
+			v.ForEach(func(k, v gjson.Result) bool {
+				switch k.Str {
+				case "name":
+					call.Name = text(v)
+				case "arguments":
+					call.Arguments = text(v)
+				}
+				return true
+			})
+		}
+		return true
+	})
+	return call
 }
 
 // assembly rebuilds a streamed reply from its deltas and reports them.
