@@ -21,22 +21,25 @@ test:
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fuzz
 
-# Each fuzz target of ./transport/ for FUZZTIME, seed corpus first (go test
-# fuzzes one target per run: the instrumented test binary is built once and
-# run per target, in the package directory, with the go command's fuzz
-# cache). `make fuzz FUZZTIME=10m` (or 1000000x) for a longer hunt; an input that fails is
-# written to transport/testdata/fuzz/<FuzzName>/.
+# Each fuzz target of the packages in FUZZPKGS for FUZZTIME, seed corpus
+# first (go test fuzzes one target per run: each package's instrumented test
+# binary is built once and run per target, in the package directory, with
+# the go command's fuzz cache). `make fuzz FUZZTIME=10m` (or 1000000x) for a
+# longer hunt; an input that fails is written to <package>/testdata/fuzz/<FuzzName>/.
+FUZZPKGS ?= transport llm/openai
 fuzz:
-	@dir=$$(mktemp -d) && bin=$$dir/transport.test && \
-	cache=$$($(GO) env GOCACHE)/fuzz/github.com/stellohq/stello/transport && \
-	$(GO) test -c -fuzz . -o $$bin ./transport/ || { rm -rf $$dir; exit 1; }; \
-	failed=""; \
-	for f in $$($$bin -test.list '^Fuzz' | grep '^Fuzz'); do \
-		echo "fuzz $$f for $(FUZZTIME)"; \
-		(cd transport && $$bin -test.run '^$$' -test.fuzz "^$$f$$" -test.fuzztime $(FUZZTIME) -test.fuzzminimizetime 10s \
-			-test.fuzzcachedir $$cache) || failed="$$failed $$f"; \
+	@failed=""; \
+	for p in $(FUZZPKGS); do \
+		dir=$$(mktemp -d) && bin=$$dir/pkg.test && \
+		cache=$$($(GO) env GOCACHE)/fuzz/github.com/stellohq/stello/$$p && \
+		$(GO) test -c -fuzz . -o $$bin ./$$p/ || { rm -rf $$dir; exit 1; }; \
+		for f in $$($$bin -test.list '^Fuzz' | grep '^Fuzz'); do \
+			echo "fuzz $$p $$f for $(FUZZTIME)"; \
+			(cd $$p && $$bin -test.run '^$$' -test.fuzz "^$$f$$" -test.fuzztime $(FUZZTIME) -test.fuzzminimizetime 10s \
+				-test.fuzzcachedir $$cache) || failed="$$failed $$p:$$f"; \
+		done; \
+		rm -rf $$dir; \
 	done; \
-	rm -rf $$dir; \
 	if [ -n "$$failed" ]; then echo "fuzz targets failed:$$failed"; exit 1; fi
 
 vet:
