@@ -67,6 +67,8 @@ var chunkSamples = []string{
 	`{"usage":{"prompt_tokens":1},"choices":[{"delta":{"content":"first"},"index":0}],"usage":{"prompt_tokens":2,"completion_tokens":5}}`,
 	`{"choices":[{"index":0,"delta":{"content":"x","content":"y"}}]}`,
 	`{"choices":[{"index":0,"delta":{"content":null},"finish_reason":null}]}`,
+	`{"choices":null,"usage":null}`,
+	`{"choices":[{"index":0,"delta":{"content":"a","tool_calls":null}}]}`,
 	`{}`,
 }
 
