@@ -174,3 +174,40 @@ func TestACommitCancelledWhileWaitingIsNotWritten(t *testing.T) {
 	assert.Equal(t, []string{"kept", "ok"}, contents(recs))
 	assert.Equal(t, 1, sessionByID(t, st, sp.ID, root.Meta.ID).Meta.TurnCount)
 }
+
+// Two commits of one session in one group (turns of a session are serial,
+// so only a caller outside the actor could do this) are written one after
+// the other, each whole.
+func TestTwoCommitsOfOneSessionInAGroupAreBothWritten(t *testing.T) {
+	t.Parallel()
+	st := testutil.Store(t)
+	uid, _ := newUser(t, st, "twice")
+	sp, root := newSpace(t, st, uid, "S")
+	release := st.HoldCommits()
+	type res struct {
+		turns int
+		ids   []int64
+		err   error
+	}
+	out := make(chan res, 2)
+	for i := range 2 {
+		go func() {
+			n, ids, err := st.CommitTurn(t.Context(), session.TurnCommit{SpaceID: sp.ID, SessionID: root.Meta.ID, At: now(),
+				Records: []session.Record{userRec(fmt.Sprintf("q%d", i)), assistantRec(fmt.Sprintf("a%d", i))}})
+			out <- res{n, ids, err}
+		}()
+		require.Eventually(t, func() bool { return st.PendingCommits() == i+1 }, 10*time.Second, time.Millisecond)
+	}
+	release()
+	counts := map[int]bool{}
+	for range 2 {
+		r := <-out
+		require.NoError(t, r.err)
+		assert.Len(t, r.ids, 2)
+		counts[r.turns] = true
+	}
+	assert.Equal(t, map[int]bool{1: true, 2: true}, counts)
+	recs, err := st.ListRecords(t.Context(), sp.ID, root.Meta.ID, 0, 0)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"q0", "a0", "q1", "a1"}, contents(recs))
+}
