@@ -112,14 +112,23 @@ func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, 
 	return resp, err
 }
 
+// post sends req (its body built into a pooled buffer, see provutil.Send)
+// through the SDK with opts and returns the response; its errors are
+// mapped.
+func (c *Client) post(ctx context.Context, req llm.Request, stream bool, opts ...option.RequestOption) (*http.Response, error) {
+	var raw *http.Response
+	err := provutil.Send(ctx, func(dst []byte) ([]byte, error) { return c.body(dst, req, stream) },
+		func(tctx context.Context, body []byte) error {
+			err := c.sdk.Post(tctx, "v1/messages", nil, &raw, append(opts, option.WithRequestBody("application/json", body))...)
+			if err != nil {
+				return c.mapError(ctx, err)
+			}
+			return nil
+		})
+	return raw, err
+}
+
 func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
-	pb := provutil.NewBody()
-	body, err := c.body(pb.Buf, req, false)
-	if err != nil {
-		pb.Done()
-		return nil, err
-	}
-	pb.Buf = body
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
@@ -128,11 +137,9 @@ func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, 
 	if c.cfg.Timeout > 0 {
 		attempt = c.cfg.Timeout
 	}
-	var raw *http.Response
-	err = c.sdk.Post(pb.Trace(ctx), "v1/messages", nil, &raw, option.WithRequestBody("application/json", body), option.WithRequestTimeout(attempt))
-	pb.Done() // no attempt starts after this; writes under way free it when they end
+	raw, err := c.post(ctx, req, false, option.WithRequestTimeout(attempt))
 	if err != nil {
-		return nil, c.mapError(ctx, err)
+		return nil, err
 	}
 	defer func() { _ = raw.Body.Close() }()
 	if !provutil.IsJSON(raw.Header.Get("Content-Type")) {
@@ -239,23 +246,14 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 }
 
 func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
-	pb := provutil.NewBody()
-	body, err := c.body(pb.Buf, req, true)
-	if err != nil {
-		pb.Done()
-		return nil, err
-	}
-	pb.Buf = body
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 
 	// The SDK builds, authenticates, retries and maps errors of the
 	// request; events are decoded here into a lean struct.
-	var raw *http.Response
-	err = c.sdk.Post(pb.Trace(ctx), "v1/messages", nil, &raw, option.WithRequestBody("application/json", body))
-	pb.Done() // no attempt starts after this; writes under way free it when they end
+	raw, err := c.post(ctx, req, true)
 	if err != nil {
-		return nil, c.mapError(ctx, err)
+		return nil, err
 	}
 	defer func() { _ = raw.Body.Close() }()
 	if !provutil.IsEventStream(raw.Header.Get("Content-Type")) {

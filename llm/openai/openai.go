@@ -120,23 +120,29 @@ func (c *Client) Complete(ctx context.Context, req llm.Request) (*llm.Response, 
 	return resp, err
 }
 
-func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
-	pb := provutil.NewBody()
-	body, err := c.body(pb.Buf, req, false)
-	if err != nil {
-		pb.Done()
-		return nil, err
-	}
-	pb.Buf = body
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-
+// post sends req (its body built into a pooled buffer, see provutil.Send)
+// through the SDK, and returns the response and the HTTP status of the
+// last attempt; its errors are mapped.
+func (c *Client) post(ctx context.Context, req llm.Request, stream bool) (*http.Response, int, error) {
 	var status int
 	var raw *http.Response
-	err = c.sdk.Post(pb.Trace(ctx), "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
-	pb.Done() // no attempt starts after this; writes under way free it when they end
+	err := provutil.Send(ctx, func(dst []byte) ([]byte, error) { return c.body(dst, req, stream) },
+		func(tctx context.Context, body []byte) error {
+			err := c.sdk.Post(tctx, "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
+			if err != nil {
+				return c.mapError(ctx, err, status)
+			}
+			return nil
+		})
+	return raw, status, err
+}
+
+func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	raw, status, err := c.post(ctx, req, false)
 	if err != nil {
-		return nil, c.mapError(ctx, err, status)
+		return nil, err
 	}
 	defer func() { _ = raw.Body.Close() }()
 	if !provutil.IsJSON(raw.Header.Get("Content-Type")) {
@@ -214,26 +220,15 @@ func (c *Client) Stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 }
 
 func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (*llm.Response, error) {
-	pb := provutil.NewBody()
-	body, err := c.body(pb.Buf, req, true)
-	if err != nil {
-		pb.Done()
-		return nil, err
-	}
-	pb.Buf = body
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-
 	// The SDK builds, authenticates, retries and maps errors of the request;
 	// the event stream is read here, each chunk decoded into a lean struct,
 	// which costs a fraction of the SDK's reflective chunk type on this hot
 	// path (one decode per streamed token).
-	var status int
-	var raw *http.Response
-	err = c.sdk.Post(pb.Trace(ctx), "chat/completions", nil, &raw, option.WithRequestBody("application/json", body), statusRecorder(&status))
-	pb.Done() // no attempt starts after this; writes under way free it when they end
+	raw, status, err := c.post(ctx, req, true)
 	if err != nil {
-		return nil, c.mapError(ctx, err, status)
+		return nil, err
 	}
 	defer func() { _ = raw.Body.Close() }()
 	if !provutil.IsEventStream(raw.Header.Get("Content-Type")) {

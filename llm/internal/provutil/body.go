@@ -90,3 +90,21 @@ func (b *Body) release() {
 	}
 	bodyPool.Put(b)
 }
+
+// Send builds a request body into a pooled buffer with build and hands it
+// to post with a context that follows the attempts writing it; the buffer
+// goes back to the pool once post has returned and those writes have
+// ended. An error of build is returned as it is, one of post as post made
+// it.
+func Send(ctx context.Context, build func(dst []byte) ([]byte, error), post func(ctx context.Context, body []byte) error) error {
+	b := NewBody()
+	body, err := build(b.Buf)
+	if err != nil {
+		b.Done()
+		return err
+	}
+	b.Buf = body
+	err = post(b.Trace(ctx), body)
+	b.Done() // no attempt starts after this; writes under way free it when they end
+	return err
+}

@@ -77,27 +77,29 @@ func TestPooledBodiesThroughTheSDK(t *testing.T) {
 	defer srv.Close()
 	sdk := openai.NewClient(option.WithBaseURL(srv.URL), option.WithAPIKey("k"), option.WithMaxRetries(0),
 		option.WithHTTPClient(HTTPClient()))
+	// Each call goes through Send, as the providers' calls do.
 	call := func(id string, size int, early bool) error {
-		b := NewBody()
-		b.Buf = append(b.Buf, `{"id":"`...)
-		b.Buf = append(b.Buf, id...)
-		b.Buf = append(b.Buf, `","pad":"`...)
-		b.Buf = append(b.Buf, bytes.Repeat([]byte(id[:1]), size)...)
-		b.Buf = append(b.Buf, `"}`...)
-		opts := []option.RequestOption{option.WithRequestBody("application/json", b.Buf), option.WithHeader("X-Id", id)}
-		if early {
-			opts = append(opts, option.WithHeader("X-Early", "1"))
+		build := func(dst []byte) ([]byte, error) {
+			dst = append(dst, `{"id":"`...)
+			dst = append(dst, id...)
+			dst = append(dst, `","pad":"`...)
+			dst = append(dst, bytes.Repeat([]byte(id[:1]), size)...)
+			return append(dst, `"}`...), nil
 		}
-		var raw *http.Response
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		err := sdk.Post(b.Trace(ctx), "chat/completions", nil, &raw, opts...)
-		b.Done()
-		if err == nil {
+		return Send(ctx, build, func(ctx context.Context, body []byte) error {
+			opts := []option.RequestOption{option.WithRequestBody("application/json", body), option.WithHeader("X-Id", id)}
+			if early {
+				opts = append(opts, option.WithHeader("X-Early", "1"))
+			}
+			var raw *http.Response
+			if err := sdk.Post(ctx, "chat/completions", nil, &raw, opts...); err != nil {
+				return err
+			}
 			_, _ = io.Copy(io.Discard, raw.Body)
-			raw.Body.Close()
-		}
-		return err
+			return raw.Body.Close()
+		})
 	}
 	// Large bodies are pooled here, so that the early answer's buffer is
 	// the one the next calls are likely to get.
