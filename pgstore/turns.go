@@ -32,13 +32,17 @@ const turnLogValues = `(id, space_id, session_id, state, input, idempotency_key,
 // turnLogArgs returns the parameters of turnLogValues; $2 and $3 are the
 // space and session ids.
 func turnLogArgs(l session.TurnLog) []any {
-	fin := time.Now().UTC()
-	if l.FinishedAt != nil {
-		fin = *l.FinishedAt
-	}
 	return []any{l.ID, l.SpaceID, l.SessionID, l.State, l.Input, nullable(l.IdempotencyKey), l.FinalContent,
 		l.ToolRoundCount, l.ToolCallsExecuted, l.RawResponse, nullable(l.ErrorCode), nullable(l.ErrorMessage),
-		l.CreatedAt, fin}
+		l.CreatedAt, finishedAt(l)}
+}
+
+// finishedAt is a turn's finish time, now when it has none yet.
+func finishedAt(l session.TurnLog) time.Time {
+	if l.FinishedAt != nil {
+		return *l.FinishedAt
+	}
+	return time.Now().UTC()
 }
 
 // turnLogColumnsOf gathers turn log rows as the column arrays of an
@@ -51,15 +55,11 @@ type turnLogColumnsOf struct {
 }
 
 func (c *turnLogColumnsOf) add(l session.TurnLog, sessionID string) {
-	fin := time.Now().UTC()
-	if l.FinishedAt != nil {
-		fin = *l.FinishedAt
-	}
 	c.ids, c.sessions = append(c.ids, l.ID), append(c.sessions, sessionID)
 	c.states, c.inputs, c.keys = append(c.states, l.State), append(c.inputs, l.Input), append(c.keys, nullable(l.IdempotencyKey))
 	c.finals, c.rounds, c.calls = append(c.finals, l.FinalContent), append(c.rounds, int32(l.ToolRoundCount)), append(c.calls, int32(l.ToolCallsExecuted))
 	c.raws, c.codes, c.messages = append(c.raws, l.RawResponse), append(c.codes, nullable(l.ErrorCode)), append(c.messages, nullable(l.ErrorMessage))
-	c.created, c.finished = append(c.created, l.CreatedAt), append(c.finished, fin)
+	c.created, c.finished = append(c.created, l.CreatedAt), append(c.finished, finishedAt(l))
 }
 
 func (c *turnLogColumnsOf) args() []any {

@@ -56,7 +56,12 @@ func Pause(t testing.TB) (resume func(), err error) {
 	done := make(chan struct{})
 	held := make(chan struct{})
 	go func() {
-		defer close(held)
+		defer close(held) // resume waits for it, whatever happens here
+		defer func() {
+			if p := recover(); p != nil {
+				t.Errorf("pgtest: the pause's watch stopped: %v", p)
+			}
+		}()
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
