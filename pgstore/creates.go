@@ -12,7 +12,7 @@ import (
 // newCreates is the queue of space creations (see groupQueue). A group is
 // three statements whatever its size.
 func newCreates() groupQueue[*spaceCreate] {
-	return groupQueue[*spaceCreate]{maxGroup: 128, maxFlights: 4}
+	return groupQueue[*spaceCreate]{maxGroup: 128, maxFlights: 4, maxWait: 2 * DefaultStatementTimeout}
 }
 
 // spaceCreate is a space and its root session to insert.

@@ -1,5 +1,7 @@
 package pgstore
 
+import "time"
+
 // CreateGroups reports how many groups of space creations were written and
 // how many creates went out in a group of more than one.
 func (s *Store) CreateGroups() (groups, grouped int) { return s.creates.stats() }
@@ -49,4 +51,11 @@ func (q *groupQueue[T]) hold() (release func()) {
 			close(next.lead)
 		}
 	}
+}
+
+// SetCommitWait sets how long a commit waits for a flight.
+func (s *Store) SetCommitWait(d time.Duration) {
+	s.commits.mu.Lock()
+	defer s.commits.mu.Unlock()
+	s.commits.maxWait = d
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -27,6 +28,10 @@ import (
 type groupQueue[T any] struct {
 	// maxGroup bounds a group's size; maxFlights the groups in flight.
 	maxGroup, maxFlights int
+	// maxWait bounds the wait for a flight: a write still waiting then
+	// (the database is not answering the flights before it) fails with
+	// ErrUnavailable and is not written.
+	maxWait time.Duration
 
 	mu      sync.Mutex
 	pending []*groupReq[T]
@@ -55,9 +60,10 @@ func (r *groupReq[T]) finish(err error) {
 type writeFunc[T any] func(ctx context.Context, group []*groupReq[T]) error
 
 // do writes in, alone or in a group, and returns the write's error as the
-// database or ctx gave it. A write whose ctx ends while it waits is not
-// written; once taken into a group it is written whatever happens to ctx
-// (its wait is bounded by the store's deadlines).
+// database or ctx gave it. A write whose ctx ends while it waits, or that
+// waits longer than maxWait, is not written; once taken into a group it is
+// written whatever happens to ctx (its wait is bounded by the store's
+// deadlines).
 func (q *groupQueue[T]) do(ctx context.Context, in T, write writeFunc[T]) error {
 	r := &groupReq[T]{ctx: ctx, in: in, done: make(chan struct{}), lead: make(chan struct{})}
 	q.mu.Lock()
@@ -68,7 +74,11 @@ func (q *groupQueue[T]) do(ctx context.Context, in T, write writeFunc[T]) error 
 		return r.err
 	}
 	q.pending = append(q.pending, r)
+	maxWait := q.maxWait
 	q.mu.Unlock()
+	wait := time.NewTimer(maxWait)
+	defer wait.Stop()
+	var cause error
 	select {
 	case <-r.done:
 		return r.err
@@ -76,12 +86,15 @@ func (q *groupQueue[T]) do(ctx context.Context, in T, write writeFunc[T]) error 
 		q.run(r, write)
 		return r.err
 	case <-ctx.Done():
+		cause = context.Cause(ctx)
+	case <-wait.C:
+		cause = fmt.Errorf("%w: no write of the database's finished within %s", ErrUnavailable, maxWait)
 	}
 	q.mu.Lock()
 	if i := slices.Index(q.pending, r); i >= 0 {
 		q.pending = slices.Delete(q.pending, i, i+1)
 		q.mu.Unlock()
-		return context.Cause(ctx)
+		return cause
 	}
 	q.mu.Unlock()
 	// Taken into a group, or handed the lead: answered either way.

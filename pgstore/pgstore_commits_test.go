@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stellohq/stello/internal/testutil"
+	"github.com/stellohq/stello/pgstore"
 	"github.com/stellohq/stello/session"
 )
 
@@ -210,4 +211,24 @@ func TestTwoCommitsOfOneSessionInAGroupAreBothWritten(t *testing.T) {
 	recs, err := st.ListRecords(t.Context(), sp.ID, root.Meta.ID, 0, 0)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"q0", "a0", "q1", "a1"}, contents(recs))
+}
+
+// A commit that no flight takes within its wait (the database is not
+// finishing the writes before it) fails as unavailable and is not written.
+func TestACommitThatWaitsTooLongFailsUnavailable(t *testing.T) {
+	t.Parallel()
+	st := testutil.Store(t)
+	uid, _ := newUser(t, st, "patient")
+	sp, root := newSpace(t, st, uid, "S")
+	st.SetCommitWait(100 * time.Millisecond)
+	release := st.HoldCommits()
+	start := time.Now()
+	_, _, err := st.CommitTurn(t.Context(), session.TurnCommit{SpaceID: sp.ID, SessionID: root.Meta.ID, At: now(),
+		Records: []session.Record{userRec("q"), assistantRec("a")}})
+	require.ErrorIs(t, err, pgstore.ErrUnavailable)
+	assert.Less(t, time.Since(start), 10*time.Second)
+	assert.Zero(t, st.PendingCommits())
+	release()
+	assert.Equal(t, 0, count(t, st, "SELECT count(*) FROM records WHERE session_id = $1", root.Meta.ID))
+	assert.Equal(t, 0, sessionByID(t, st, sp.ID, root.Meta.ID).Meta.TurnCount)
 }

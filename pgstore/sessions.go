@@ -139,7 +139,7 @@ const commitTimeout = 30 * time.Second
 // newCommits is the queue of turn commits (see groupQueue): the turns of
 // every space that finish together commit together.
 func newCommits() groupQueue[*turnCommit] {
-	return groupQueue[*turnCommit]{maxGroup: 64, maxFlights: 4}
+	return groupQueue[*turnCommit]{maxGroup: 64, maxFlights: 4, maxWait: commitTimeout}
 }
 
 // turnCommit is one turn's commit and, once written, its results.
