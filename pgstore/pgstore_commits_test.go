@@ -152,22 +152,11 @@ func TestACommitCancelledWhileWaitingIsNotWritten(t *testing.T) {
 	st := testutil.Store(t)
 	uid, _ := newUser(t, st, "quitter")
 	sp, root := newSpace(t, st, uid, "S")
-	release := st.HoldCommits()
-	ctx, cancel := context.WithCancel(t.Context())
-	errc := make(chan error, 1)
-	go func() {
+	release := cancelWhileWaiting(t, st.HoldCommits, st.PendingCommits, func(ctx context.Context) error {
 		_, _, err := st.CommitTurn(ctx, session.TurnCommit{SpaceID: sp.ID, SessionID: root.Meta.ID, At: now(),
 			Records: []session.Record{userRec("q"), assistantRec("a")}})
-		errc <- err
-	}()
-	require.Eventually(t, func() bool { return st.PendingCommits() == 1 }, 10*time.Second, time.Millisecond)
-	cancel()
-	select {
-	case err := <-errc:
-		require.ErrorIs(t, err, context.Canceled)
-	case <-time.After(10 * time.Second):
-		t.Fatal("a cancelled commit kept waiting")
-	}
+		return err
+	})
 	release()
 	commit(t, st, sp.ID, root.Meta.ID, userRec("kept"), assistantRec("ok"))
 	recs, err := st.ListRecords(t.Context(), sp.ID, root.Meta.ID, 0, 0)

@@ -109,21 +109,10 @@ func TestACreateCancelledWhileWaitingIsNotWritten(t *testing.T) {
 	t.Parallel()
 	st := testutil.Store(t)
 	uid, _ := newUser(t, st, "quitter")
-	release := st.HoldCreates()
-	ctx, cancel := context.WithCancel(t.Context())
-	errc := make(chan error, 1)
-	go func() {
+	release := cancelWhileWaiting(t, st.HoldCreates, st.PendingCreates, func(ctx context.Context) error {
 		_, _, err := st.CreateSpace(ctx, uid, session.SpaceInput{Label: "gone"})
-		errc <- err
-	}()
-	require.Eventually(t, func() bool { return st.PendingCreates() == 1 }, 10*time.Second, time.Millisecond)
-	cancel()
-	select {
-	case err := <-errc:
-		require.ErrorIs(t, err, context.Canceled)
-	case <-time.After(10 * time.Second):
-		t.Fatal("a cancelled create kept waiting")
-	}
+		return err
+	})
 	assert.Zero(t, st.PendingCreates())
 	release()
 	// The flights work again, and the cancelled create is nowhere.
@@ -131,4 +120,25 @@ func TestACreateCancelledWhileWaitingIsNotWritten(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 0, count(t, st, "SELECT count(*) FROM spaces WHERE user_id = $1 AND label = 'gone'", uid))
 	assert.Equal(t, 1, count(t, st, "SELECT count(*) FROM spaces WHERE user_id = $1", uid))
+}
+
+// cancelWhileWaiting starts write while hold keeps its queue's flights,
+// cancels write's context once it waits (pending counts the waiting
+// writes), and requires it to return context.Canceled promptly. It returns
+// hold's release.
+func cancelWhileWaiting(t *testing.T, hold func() func(), pending func() int, write func(context.Context) error) (release func()) {
+	t.Helper()
+	release = hold()
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() { errc <- write(ctx) }()
+	require.Eventually(t, func() bool { return pending() == 1 }, 10*time.Second, time.Millisecond)
+	cancel()
+	select {
+	case err := <-errc:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write cancelled while it waited kept waiting")
+	}
+	return release
 }
