@@ -189,7 +189,7 @@ func (s *Store) ReleaseSpaces(ctx context.Context, nodeID string, spaces []strin
 		n := min(len(spaces), notifyChunk)
 		_, err := s.pool.Exec(ctx, `WITH gone AS (
 				DELETE FROM space_leases WHERE node_id = $1
-				AND (space_id, epoch) IN (SELECT * FROM unnest($2::uuid[], $3::bigint[]))
+				AND (space_id, epoch) IN (SELECT * FROM unnest($2::text[]::uuid[], $3::bigint[]))
 				RETURNING space_id)
 			SELECT pg_notify($4, 'spaces ' || $1 || ' ' || string_agg(space_id::text, ',')) FROM gone HAVING count(*) > 0`,
 			nodeID, spaces[:n], epochs[:n], LeaseChannel)

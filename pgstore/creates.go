@@ -38,15 +38,15 @@ func (s *Store) writeCreates(ctx context.Context, group []*groupReq[*spaceCreate
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO spaces (id, user_id, label, system_prompt, consolidate_prompt, integrate_prompt, config, created_at, updated_at)
 		SELECT t.id, t.user_id, t.label, t.sp, t.cp, t.ip, t.config, t.at, t.at
-		FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::timestamptz[])
+		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::timestamptz[])
 			AS t(id, user_id, label, sp, cp, ip, config, at)`,
 		ids, users, labels, prompts, cons, integ, configs, at)
 	// The root session: role main, active, depth and index 0, no turns.
 	b.Queue(`INSERT INTO sessions (id, space_id, label, role, status, depth, idx, turn_count, created_at, updated_at, last_active_at)
 		SELECT t.id, t.space_id, t.label, 'main', 'active', 0, 0, 0, t.at, t.at, t.at
-		FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) AS t(id, space_id, label, at)`,
+		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[], $4::timestamptz[]) AS t(id, space_id, label, at)`,
 		rootIDs, ids, labels, at)
 	b.Queue(`INSERT INTO session_data (session_id, space_id, system_prompt)
-		SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])`, rootIDs, ids, prompts)
+		SELECT * FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[])`, rootIDs, ids, prompts)
 	return s.sendBatch(ctx, b)
 }

@@ -178,6 +178,12 @@ var errSplit = errors.New("two turns of one session in one group")
 // their number (the leases' checks, the records, the sessions' turn counts
 // with the turn log rows, the consumed insights), in one batch: one round
 // trip, one implicit transaction.
+//
+// Arrays of ids are sent as text[] and cast to uuid[] by the statement
+// (here, in writeCreates and in ReleaseSpaces): pgx encodes a uuid[]
+// parameter in binary, has no binary plan for Go strings, and so first
+// failed each []string, formatting the whole array into an error, before
+// sending it as text. That was a twelfth of a turn's commit.
 func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]) error {
 	n := len(group)
 	bySession := make(map[string]*turnCommit, n)
@@ -227,19 +233,19 @@ func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]
 	}
 	b := &pgx.Batch{}
 	if len(fSpaces) > 0 {
-		b.Queue(`SELECT stello_fence(t.space, t.node, t.epoch) FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t(space, node, epoch)`,
+		b.Queue(`SELECT stello_fence(t.space, t.node, t.epoch) FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::bigint[]) AS t(space, node, epoch)`,
 			fSpaces, fNodes, fEpochs)
 	}
 	// Records get their ids in the order of the input (ORDER BY t.n).
 	b.Queue(`INSERT INTO records (space_id, session_id, role, content, tool_calls, tool_call_id, created_at)
 		SELECT t.space, t.sess, t.role, t.content, t.calls, t.call_id, t.at
-		FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[])
+		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[])
 			WITH ORDINALITY AS t(space, sess, role, content, calls, call_id, at, n)
 		ORDER BY t.n RETURNING session_id::text, id`, rSpaces, rSessions, rRoles, rContents, rCalls, rCallIDs, rAt)
 	// The session rows stay locked until the commit: a delete of a session
 	// waits for it, then deletes its records and turn log rows too.
 	const update = `UPDATE sessions s SET turn_count = s.turn_count + 1, last_active_at = t.at, updated_at = t.at
-		FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS t(space, sess, at)
+		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::timestamptz[]) AS t(space, sess, at)
 		WHERE s.space_id = t.space AND s.id = t.sess
 		RETURNING s.space_id, s.id, s.turn_count`
 	if len(log.ids) == 0 {
@@ -252,7 +258,7 @@ func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]
 		logged AS (INSERT INTO turns (id, space_id, session_id, state, input, idempotency_key, final_content,
 			tool_round_count, tool_calls_executed, raw_response, error_code, error_message, created_at, finished_at)
 		SELECT l.id, s.space_id, s.id, l.state, l.input, l.key, l.final, l.rounds, l.calls, l.raw, l.code, l.message, l.created, l.finished
-		FROM unnest($4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[],
+		FROM unnest($4::text[]::uuid[], $5::text[]::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[],
 				$12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[])
 			AS l(id, sess, state, input, key, final, rounds, calls, raw, code, message, created, finished)
 		JOIN s ON s.id = l.sess)
@@ -260,7 +266,7 @@ func (s *Store) writeCommits(ctx context.Context, group []*groupReq[*turnCommit]
 	}
 	if len(iSessions) > 0 {
 		b.Queue(`UPDATE session_data d SET insight = NULL
-		FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(space, sess, insight)
+		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[]) AS t(space, sess, insight)
 		WHERE d.space_id = t.space AND d.session_id = t.sess AND d.insight = t.insight`, iSpaces, iSessions, iInsights)
 	}
 	conn, err := s.pool.Acquire(ctx)

@@ -9,23 +9,27 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// refChunk decodes a chunk with encoding/json: what parseChunk must read.
-func refChunk(t testing.TB, data []byte) (streamChunk, bool) {
+// refChunk decodes a chunk (part "delta") or a completion (part "message")
+// with encoding/json: what parseReply must read.
+func refChunk(t testing.TB, data []byte, part string) (streamChunk, bool) {
+	type message struct {
+		Content   *string `json:"content"`
+		ToolCalls []struct {
+			Index    int    `json:"index"`
+			ID       string `json:"id"`
+			Type     string `json:"type"`
+			Function struct {
+				Name      string `json:"name"`
+				Arguments string `json:"arguments"`
+			} `json:"function"`
+		} `json:"tool_calls"`
+	}
 	var raw struct {
 		Choices []struct {
 			Index        int     `json:"index"`
 			FinishReason *string `json:"finish_reason"`
-			Delta        struct {
-				Content   *string `json:"content"`
-				ToolCalls []struct {
-					Index    int    `json:"index"`
-					ID       string `json:"id"`
-					Function struct {
-						Name      string `json:"name"`
-						Arguments string `json:"arguments"`
-					} `json:"function"`
-				} `json:"tool_calls"`
-			} `json:"delta"`
+			Delta        message `json:"delta"`
+			Message      message `json:"message"`
 		} `json:"choices"`
 		Usage *struct {
 			PromptTokens     int `json:"prompt_tokens"`
@@ -41,11 +45,15 @@ func refChunk(t testing.TB, data []byte) (streamChunk, bool) {
 		if ch.FinishReason != nil {
 			cc.FinishReason = *ch.FinishReason
 		}
-		if ch.Delta.Content != nil {
-			cc.Delta.Content = *ch.Delta.Content
+		m := ch.Delta
+		if part == "message" {
+			m = ch.Message
 		}
-		for _, tc := range ch.Delta.ToolCalls {
-			cc.Delta.ToolCalls = append(cc.Delta.ToolCalls, chunkToolCall{Index: tc.Index, ID: tc.ID,
+		if m.Content != nil {
+			cc.Delta.Content = *m.Content
+		}
+		for _, tc := range m.ToolCalls {
+			cc.Delta.ToolCalls = append(cc.Delta.ToolCalls, chunkToolCall{Index: tc.Index, ID: tc.ID, Type: tc.Type,
 				Name: tc.Function.Name, Arguments: tc.Function.Arguments})
 		}
 		c.Choices = append(c.Choices, cc)
@@ -72,39 +80,52 @@ var chunkSamples = []string{
 	`{}`,
 }
 
-// parseChunk reads what encoding/json reads, members given twice included.
+// completionSamples are chat.completion objects (and, read as chunks, the
+// chunk samples are too: parseReply reads either from any input).
+var completionSamples = []string{
+	`{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \u00e9 ☕","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}`,
+	`{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"stello_create_session","arguments":"{\"label\":\"a\"}"}},{"id":"c2","type":"custom","custom":{"name":"x","input":""}}]},"finish_reason":"tool_calls"}]}`,
+	`{"choices":[{"index":1,"message":{"content":"b"},"finish_reason":"stop"},{"index":0,"message":{"content":"a","content":"c"},"finish_reason":"length"}]}`,
+	`{"choices":[{"index":0,"message":{"content":"a","tool_calls":null},"delta":{"content":"z"},"finish_reason":"stop"}],"usage":null}`,
+}
+
+// parseReply reads what encoding/json reads, members given twice included.
 func TestParseChunkReadsWhatJSONDecodingReads(t *testing.T) {
 	var c streamChunk
-	for _, s := range chunkSamples {
-		want, ok := refChunk(t, []byte(s))
-		require.True(t, ok, s)
-		require.NoError(t, parseChunk([]byte(s), &c), s)
-		assert.Equal(t, normChunk(want), normChunk(c), s)
-	}
-	for _, bad := range []string{``, `{`, `[]`, `"x"`, `{"choices":[}`, `{"a":1}x`} {
-		assert.Error(t, parseChunk([]byte(bad), &c), bad)
+	for _, part := range []string{"delta", "message"} {
+		for _, s := range append(chunkSamples[:len(chunkSamples):len(chunkSamples)], completionSamples...) {
+			want, ok := refChunk(t, []byte(s), part)
+			require.True(t, ok, s)
+			require.NoError(t, parseReply([]byte(s), &c, part), s)
+			assert.Equal(t, normChunk(want), normChunk(c), "%s of %s", part, s)
+		}
+		for _, bad := range []string{``, `{`, `[]`, `"x"`, `{"choices":[}`, `{"a":1}x`} {
+			assert.Error(t, parseReply([]byte(bad), &c, part), bad)
+		}
 	}
 }
 
-// FuzzParseChunk: on any input parseChunk fails or agrees with encoding/json
-// on every JSON object whose members have the types and the names (case
-// included) the format gives them.
+// FuzzParseChunk: on any input parseReply, reading a chunk or a completion,
+// fails or agrees with encoding/json on every JSON object whose members
+// have the types and the names (case included) the format gives them.
 func FuzzParseChunk(f *testing.F) {
-	for _, s := range chunkSamples {
+	for _, s := range append(chunkSamples[:len(chunkSamples):len(chunkSamples)], completionSamples...) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var c streamChunk
-		err := parseChunk(data, &c)
-		want, ok := refChunk(t, data)
-		if !ok {
-			return // the types differ from the format's, or not JSON: any outcome but a panic
+		for _, part := range []string{"delta", "message"} {
+			var c streamChunk
+			err := parseReply(data, &c, part)
+			want, ok := refChunk(t, data, part)
+			if !ok {
+				return // the types differ from the format's, or not JSON: any outcome but a panic
+			}
+			if !json.Valid(data) || foldedKey(data) || duplicateKey(data) {
+				return // where encoding/json's reading is its own (it merges repeated objects)
+			}
+			require.NoError(t, err)
+			assert.Equal(t, normChunk(want), normChunk(c), part)
 		}
-		if !json.Valid(data) || foldedKey(data) || duplicateKey(data) {
-			return // where encoding/json's reading is its own (it merges repeated objects)
-		}
-		require.NoError(t, err)
-		assert.Equal(t, normChunk(want), normChunk(c))
 	})
 }
 
@@ -112,7 +133,7 @@ func FuzzParseChunk(f *testing.F) {
 // which encoding/json matches and the format (and parseChunk) does not.
 func foldedKey(data []byte) bool {
 	lower := bytes.ToLower(data)
-	for _, k := range []string{"choices", "usage", "index", "finish_reason", "delta", "content", "tool_calls", "id",
+	for _, k := range []string{"choices", "usage", "index", "finish_reason", "delta", "message", "content", "tool_calls", "id", "type",
 		"function", "name", "arguments", "prompt_tokens", "completion_tokens"} {
 		q := []byte(`"` + k + `"`)
 		if bytes.Count(lower, q) != bytes.Count(data, q) {
@@ -188,6 +209,18 @@ func BenchmarkParseChunk(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := parseChunk(benchChunk, &c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+var benchCompletion = []byte(`{"id":"chatcmpl-8x1","object":"chat.completion","created":1733000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Echo: a reply of some twenty words, about as long as the mock's answers in the benchmarks, with punctuation and all.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":412,"completion_tokens":24,"total_tokens":436},"system_fingerprint":"fp_0ba0d124f1"}`)
+
+func BenchmarkParseCompletion(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		var c streamChunk
+		if err := parseReply(benchCompletion, &c, "message"); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -155,10 +155,11 @@ func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, 
 	if err != nil {
 		return nil, c.mapError(ctx, fmt.Errorf("reading the completion: %w", err), status)
 	}
-	// The reply is decoded into the few fields Stello reads, which costs a
-	// fraction of the SDK's reflective ChatCompletion.
-	var comp completion
-	if err := json.Unmarshal(data, &comp); err != nil {
+	// The reply is read for the few fields Stello reads in one pass, as a
+	// streamed chunk is: reflective decoding cost more than the rest of
+	// reading the answer.
+	var comp streamChunk
+	if err := parseReply(data, &comp, "message"); err != nil {
 		return nil, c.fail("malformed completion: " + err.Error())
 	}
 	if len(comp.Choices) == 0 {
@@ -174,37 +175,11 @@ func (c *Client) complete(ctx context.Context, req llm.Request) (*llm.Response, 
 	if choice.FinishReason == "" {
 		return nil, c.fail("completion has no finish_reason: the reply may be incomplete")
 	}
-	resp := &llm.Response{ToolCalls: completionCalls(choice.Message.ToolCalls), Raw: string(data)}
-	if choice.Message.Content != nil {
-		resp.Content = *choice.Message.Content
-	}
+	resp := &llm.Response{ToolCalls: completionCalls(choice.Delta.ToolCalls), Raw: string(data), Content: choice.Delta.Content}
 	if u := comp.Usage; u != nil {
 		resp.Usage = llm.Usage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens}
 	}
 	return resp, nil
-}
-
-// completion is the part of a chat.completion Stello reads.
-type completion struct {
-	Choices []struct {
-		Index        int    `json:"index"`
-		FinishReason string `json:"finish_reason"`
-		Message      struct {
-			Content   *string `json:"content"`
-			ToolCalls []struct {
-				ID       string `json:"id"`
-				Type     string `json:"type"`
-				Function struct {
-					Name      string `json:"name"`
-					Arguments string `json:"arguments"`
-				} `json:"function"`
-			} `json:"tool_calls"`
-		} `json:"message"`
-	} `json:"choices"`
-	Usage *struct {
-		PromptTokens     int `json:"prompt_tokens"`
-		CompletionTokens int `json:"completion_tokens"`
-	} `json:"usage"`
 }
 
 // Stream performs one streaming chat completion, reporting text chunks and
@@ -261,7 +236,7 @@ func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 			return nil, c.fail("stream error: " + msg)
 		}
 		if err := parseChunk(data, &chunk); err != nil {
-			return nil, c.fail(err.Error())
+			return nil, c.fail("malformed stream chunk: " + err.Error())
 		}
 		if u := chunk.Usage; u != nil && (u.PromptTokens > 0 || u.CompletionTokens > 0) {
 			// Usage totals; some servers repeat them cumulatively, so keep the last.
@@ -313,7 +288,8 @@ func (c *Client) notA(raw *http.Response, what string) error {
 	return c.fail(msg)
 }
 
-// streamChunk is the part of a chat.completion.chunk Stello reads.
+// streamChunk is the part of a chat.completion.chunk Stello reads, and of a
+// chat.completion, whose choices' message is read into Delta.
 type streamChunk struct {
 	Choices []chunkChoice
 	Usage   *chunkUsage
@@ -338,6 +314,7 @@ type chunkDelta struct {
 type chunkToolCall struct {
 	Index     int
 	ID        string
+	Type      string
 	Name      string
 	Arguments string
 }
@@ -348,12 +325,18 @@ type chunkToolCall struct {
 // decoding, which was half of the streaming path's CPU. As with
 // encoding/json, a member given twice takes its last value.
 func parseChunk(data []byte, c *streamChunk) error {
+	return parseReply(data, c, "delta")
+}
+
+// parseReply reads a chunk or a completion into c, each choice's member
+// part (delta or message) into its Delta.
+func parseReply(data []byte, c *streamChunk, part string) error {
 	if !gjson.ValidBytes(data) {
-		return errors.New("malformed stream chunk: invalid JSON")
+		return errors.New("invalid JSON")
 	}
 	root := gjson.ParseBytes(data)
 	if !root.IsObject() {
-		return errors.New("malformed stream chunk: not an object")
+		return errors.New("not an object")
 	}
 	c.Choices = c.Choices[:0]
 	c.Usage = nil
@@ -365,7 +348,7 @@ func parseChunk(data []byte, c *streamChunk) error {
 				break // null: no choices (ForEach would visit the null itself)
 			}
 			v.ForEach(func(_, ch gjson.Result) bool {
-				c.Choices = append(c.Choices, parseChoice(ch))
+				c.Choices = append(c.Choices, parseChoice(ch, part))
 				return true
 			})
 		case "usage":
@@ -410,7 +393,7 @@ func text(v gjson.Result) string {
 	return b.String()
 }
 
-func parseChoice(ch gjson.Result) chunkChoice {
+func parseChoice(ch gjson.Result, part string) chunkChoice {
 	var choice chunkChoice
 	ch.ForEach(func(k, v gjson.Result) bool {
 		switch k.Str {
@@ -418,7 +401,7 @@ func parseChoice(ch gjson.Result) chunkChoice {
 			choice.Index = int(v.Int())
 		case "finish_reason":
 			choice.FinishReason = text(v)
-		case "delta":
+		case part:
 			choice.Delta = chunkDelta{}
 			v.ForEach(func(k, v gjson.Result) bool {
 				switch k.Str {
@@ -450,6 +433,8 @@ func parseToolCall(tc gjson.Result) chunkToolCall {
 			call.Index = int(v.Int())
 		case "id":
 			call.ID = text(v)
+		case "type":
+			call.Type = text(v)
 		case "function":
 			call.Name, call.Arguments = "", ""
 			v.ForEach(func(k, v gjson.Result) bool {
@@ -531,26 +516,19 @@ func (a *assembly) toolCalls() []llm.ToolCall {
 	return out
 }
 
-func completionCalls(calls []struct {
-	ID       string `json:"id"`
-	Type     string `json:"type"`
-	Function struct {
-		Name      string `json:"name"`
-		Arguments string `json:"arguments"`
-	} `json:"function"`
-}) []llm.ToolCall {
+func completionCalls(calls []chunkToolCall) []llm.ToolCall {
 	var out []llm.ToolCall
 	for _, tc := range calls {
 		if tc.Type != "" && tc.Type != "function" {
 			continue // custom tools are never declared by us
 		}
-		if tc.ID == "" && tc.Function.Name == "" {
+		if tc.ID == "" && tc.Name == "" {
 			continue // sparse placeholder
 		}
 		out = append(out, llm.ToolCall{
 			ID:    tc.ID,
-			Name:  tc.Function.Name,
-			Input: provutil.ToolInput(tc.Function.Arguments),
+			Name:  tc.Name,
+			Input: provutil.ToolInput(tc.Arguments),
 		})
 	}
 	return out
