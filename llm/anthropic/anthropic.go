@@ -357,6 +357,7 @@ func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 	if !stopped {
 		return nil, c.fail("stream ended before message_stop: the reply is incomplete")
 	}
+	provutil.FinishBody(raw.Body, cancel)
 	for _, i := range order {
 		b := blocks[i]
 		switch a := args[i]; {

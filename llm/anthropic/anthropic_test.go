@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -531,4 +533,24 @@ func TestIgnoresEnvironment(t *testing.T) {
 	h := srv.requests()[0].Header
 	assert.Equal(t, apiKey, h.Get("X-Api-Key"))
 	assert.Empty(t, h.Get("Authorization"))
+}
+
+// Streamed calls reuse the model connection (see the OpenAI client's test).
+func TestStreamedCallsReuseTheConnection(t *testing.T) {
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(sseReply(streamEvents()...))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := anthropic.New(anthropic.Config{BaseURL: srv.URL, APIKey: apiKey, Model: "claude-test"})
+	require.NoError(t, err)
+	for range 20 {
+		_, err := c.Stream(context.Background(), conversation(), func(llm.Delta) error { return nil })
+		require.NoError(t, err)
+	}
+	assert.Equal(t, int32(1), conns.Load(), "connections opened for 20 streamed calls")
 }

@@ -35,11 +35,15 @@ func refChunk(t testing.TB, data []byte, part string) (streamChunk, bool) {
 			PromptTokens     int `json:"prompt_tokens"`
 			CompletionTokens int `json:"completion_tokens"`
 		} `json:"usage"`
+		Error json.RawMessage `json:"error"`
 	}
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return streamChunk{}, false
 	}
 	var c streamChunk
+	// The error's message is checked by the stream tests; here, whether
+	// there is one.
+	c.Failed = raw.Error != nil && string(raw.Error) != "null"
 	for _, ch := range raw.Choices {
 		cc := chunkChoice{Index: ch.Index}
 		if ch.FinishReason != nil {
@@ -78,6 +82,9 @@ var chunkSamples = []string{
 	`{"choices":null,"usage":null}`,
 	`{"choices":[{"index":0,"delta":{"content":"a","tool_calls":null}}]}`,
 	`{}`,
+	`{"error":{"message":"overloaded","type":"server_error"}}`,
+	`{"error":"boom","choices":[]}`,
+	`{"error":null,"choices":[{"index":0,"delta":{"content":"a"}}]}`,
 }
 
 // completionSamples are chat.completion objects (and, read as chunks, the
@@ -134,7 +141,7 @@ func FuzzParseChunk(f *testing.F) {
 func foldedKey(data []byte) bool {
 	lower := bytes.ToLower(data)
 	for _, k := range []string{"choices", "usage", "index", "finish_reason", "delta", "message", "content", "tool_calls", "id", "type",
-		"function", "name", "arguments", "prompt_tokens", "completion_tokens"} {
+		"function", "name", "arguments", "prompt_tokens", "completion_tokens", "error"} {
 		q := []byte(`"` + k + `"`)
 		if bytes.Count(lower, q) != bytes.Count(data, q) {
 			return true
@@ -189,8 +196,10 @@ func duplicateKey(data []byte) bool {
 	}
 }
 
-// normChunk makes empty and nil slices compare equal.
+// normChunk makes empty and nil slices compare equal, and leaves out the
+// error's message.
 func normChunk(c streamChunk) streamChunk {
+	c.Error = ""
 	if len(c.Choices) == 0 {
 		c.Choices = nil
 	}

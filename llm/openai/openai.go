@@ -228,15 +228,11 @@ func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 			done = true
 			break
 		}
-		if e := gjson.GetBytes(data, "error"); e.Exists() {
-			msg := gjson.GetBytes(data, "error.message").String()
-			if msg == "" {
-				msg = e.String()
-			}
-			return nil, c.fail("stream error: " + msg)
-		}
 		if err := parseChunk(data, &chunk); err != nil {
 			return nil, c.fail("malformed stream chunk: " + err.Error())
+		}
+		if chunk.Failed {
+			return nil, c.fail("stream error: " + chunk.Error)
 		}
 		if u := chunk.Usage; u != nil && (u.PromptTokens > 0 || u.CompletionTokens > 0) {
 			// Usage totals; some servers repeat them cumulatively, so keep the last.
@@ -263,6 +259,7 @@ func (c *Client) stream(ctx context.Context, req llm.Request, onDelta func(llm.D
 	if !done && !finished {
 		return nil, c.fail("stream ended before the model finished (no finish_reason and no [DONE]): the reply is incomplete")
 	}
+	provutil.FinishBody(raw.Body, cancel)
 	resp := &llm.Response{Usage: usage, Content: own.text.String(), ToolCalls: own.toolCalls()}
 	resp.Raw = rawReconstruction(resp)
 	return resp, nil
@@ -293,6 +290,10 @@ func (c *Client) notA(raw *http.Response, what string) error {
 type streamChunk struct {
 	Choices []chunkChoice
 	Usage   *chunkUsage
+	// Failed is set by an "error" member that is not null: the stream
+	// reports a failure, Error its message (or the member itself).
+	Failed bool
+	Error  string
 }
 
 type chunkChoice struct {
@@ -340,8 +341,16 @@ func parseReply(data []byte, c *streamChunk, part string) error {
 	}
 	c.Choices = c.Choices[:0]
 	c.Usage = nil
+	c.Failed, c.Error = false, ""
 	root.ForEach(func(k, v gjson.Result) bool {
 		switch k.Str {
+		case "error":
+			c.Failed, c.Error = v.Type != gjson.Null, ""
+			if c.Failed {
+				if c.Error = text(v.Get("message")); c.Error == "" {
+					c.Error = text(v)
+				}
+			}
 		case "choices":
 			c.Choices = c.Choices[:0]
 			if !v.IsArray() {
@@ -596,26 +605,47 @@ func rawErrorBody(e *oai.Error) string {
 // rawReconstruction renders a streamed reply as a chat.completion object
 // for Response.Raw.
 func rawReconstruction(resp *llm.Response) string {
-	type fn struct {
-		Name      string `json:"name"`
-		Arguments string `json:"arguments"`
-	}
-	type call struct {
-		ID       string `json:"id"`
-		Type     string `json:"type"`
-		Function fn     `json:"function"`
-	}
-	calls := make([]call, 0, len(resp.ToolCalls))
+	calls := make([]rawCall, 0, len(resp.ToolCalls))
 	for _, tc := range resp.ToolCalls {
-		calls = append(calls, call{ID: tc.ID, Type: "function", Function: fn{Name: tc.Name, Arguments: string(tc.Input)}})
+		calls = append(calls, rawCall{ID: tc.ID, Type: "function", Function: rawFunction{Name: tc.Name, Arguments: string(tc.Input)}})
 	}
-	b, _ := json.Marshal(map[string]any{
-		"object": "chat.completion",
-		"choices": []any{map[string]any{
-			"index":   0,
-			"message": map[string]any{"role": "assistant", "content": resp.Content, "tool_calls": calls},
-		}},
-		"usage": map[string]int{"prompt_tokens": resp.Usage.InputTokens, "completion_tokens": resp.Usage.OutputTokens},
-	})
+	var r rawCompletion
+	r.Object = "chat.completion"
+	r.Choices = []rawChoice{{Message: rawMessage{Role: "assistant", Content: resp.Content, ToolCalls: calls}}}
+	r.Usage.PromptTokens, r.Usage.CompletionTokens = resp.Usage.InputTokens, resp.Usage.OutputTokens
+	b, _ := json.Marshal(&r)
 	return string(b)
+}
+
+// rawCompletion is the reconstruction of a streamed reply as a completion
+// (members in the order they have always been written: by name).
+type rawCompletion struct {
+	Choices []rawChoice `json:"choices"`
+	Object  string      `json:"object"`
+	Usage   struct {
+		CompletionTokens int `json:"completion_tokens"`
+		PromptTokens     int `json:"prompt_tokens"`
+	} `json:"usage"`
+}
+
+type rawChoice struct {
+	Index   int        `json:"index"`
+	Message rawMessage `json:"message"`
+}
+
+type rawMessage struct {
+	Content   string    `json:"content"`
+	Role      string    `json:"role"`
+	ToolCalls []rawCall `json:"tool_calls"`
+}
+
+type rawCall struct {
+	ID       string      `json:"id"`
+	Type     string      `json:"type"`
+	Function rawFunction `json:"function"`
+}
+
+type rawFunction struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
 }

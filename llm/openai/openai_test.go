@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -554,4 +556,59 @@ func TestEmptyAPIKeyIgnoresEnvironment(t *testing.T) {
 	_, err := c.Complete(context.Background(), llm.Request{Messages: []llm.Message{{Role: llm.RoleUser, Content: "hi"}}})
 	require.NoError(t, err)
 	assert.Empty(t, srv.requests()[0].Header.Get("Authorization"))
+}
+
+// Streamed calls reuse the model connection: the stream's reader leaves the
+// response at its end, so the transport can keep the connection. Each call
+// must not pay a new dial (and the endpoint a new accept).
+func TestStreamedCallsReuseTheConnection(t *testing.T) {
+	events := []string{chunk(`{"role":"assistant","content":""}`), chunk(`{"content":"Hi"}`),
+		`{"id":"chatcmpl-s","object":"chat.completion.chunk","created":1700000000,"model":"test-model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`,
+		`[DONE]`}
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(sseReply(events...))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := openai.New(openai.Config{BaseURL: srv.URL + "/v1", APIKey: apiKey, Model: "test-model"})
+	require.NoError(t, err)
+	for range 20 {
+		resp, err := c.Stream(context.Background(), conversation(), func(llm.Delta) error { return nil })
+		require.NoError(t, err)
+		require.Equal(t, "Hi", resp.Content)
+	}
+	assert.Equal(t, int32(1), conns.Load(), "connections opened for 20 streamed calls")
+}
+
+// A server that keeps the response open after [DONE] costs the connection,
+// not the call: the reply is returned without waiting for the response's end.
+func TestStreamReturnsAtDoneWhenTheResponseStaysOpen(t *testing.T) {
+	release := make(chan struct{})
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		sseReply(chunk(`{"content":"Hi"}`), `{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`, `[DONE]`)(w, r)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release)
+	c := srv.client(t, func(c *openai.Config) { c.MaxRetries = 0 })
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.Stream(context.Background(), conversation(), func(llm.Delta) error { return nil })
+		if err == nil && resp.Content != "Hi" {
+			err = fmt.Errorf("content %q", resp.Content)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call waited for the end of a response that stays open")
+	}
 }

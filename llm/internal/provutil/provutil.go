@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
@@ -207,18 +208,43 @@ func (s *DeltaSink) Emit(d llm.Delta) error {
 // Err is the error returned by the callback, if any.
 func (s *DeltaSink) Err() error { return s.err }
 
+// finishWait and finishBytes bound FinishBody.
+const (
+	finishWait  = 100 * time.Millisecond
+	finishBytes = 4 << 10
+)
+
+// FinishBody reads what is left of a stream that ended well (the end of its
+// chunked encoding, already on its way), so the transport can keep the
+// connection: net/http closes a connection whose response body was closed
+// before its end, and the next call pays a new dial. A server that sends
+// more than finishBytes, or nothing for finishWait, costs the connection,
+// not the call: cancel (the call's context) ends the read.
+func FinishBody(body io.Reader, cancel context.CancelFunc) {
+	t := time.AfterFunc(finishWait, cancel)
+	defer t.Stop()
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, finishBytes))
+}
+
 // HTTPClient is the default client of the providers: http.DefaultTransport
 // keeps only two idle connections per host, so a server with hundreds of
 // turns in flight to one model endpoint would dial a new connection for
-// most calls. A request (headers and a body of up to WriteBufferBytes)
-// goes out in one write: see inMemoryBody.
+// most calls. It keeps up to maxIdleConns, each closed after 90 s unused:
+// a server whose turns in flight outnumber the connections it may keep
+// dials again for the excess whenever they end together. A request
+// (headers and a body of up to WriteBufferBytes) goes out in one write:
+// see inMemoryBody.
 func HTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConns = 1024
-	t.MaxIdleConnsPerHost = 512
+	t.MaxIdleConns = maxIdleConns
+	t.MaxIdleConnsPerHost = maxIdleConns
 	t.WriteBufferSize = WriteBufferBytes
 	return &http.Client{Transport: inMemoryBody{t}}
 }
+
+// maxIdleConns bounds the idle connections of the default client, to all
+// model endpoints together and to each.
+const maxIdleConns = 4096
 
 // WriteBufferBytes is the default client's write buffer per connection: a
 // model request with about 340 turns of history fits, headers included.
