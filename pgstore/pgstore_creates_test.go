@@ -53,6 +53,15 @@ func TestConcurrentCreatesAreAllStored(t *testing.T) {
 		assert.Equal(t, root.Meta.ID, sessions[0].Meta.ID)
 		assert.Equal(t, sp.Label, sessions[0].Meta.Label)
 		assert.Equal(t, *sp.SystemPrompt, *sessions[0].Data.SystemPrompt)
+		// The root is stored as CreateSpace returned it.
+		got := sessions[0].Meta
+		assert.Equal(t, root.Meta.Role, got.Role)
+		assert.Equal(t, root.Meta.Status, got.Status)
+		assert.Equal(t, root.Meta.Depth, got.Depth)
+		assert.Equal(t, root.Meta.Index, got.Index)
+		assert.Equal(t, root.Meta.TurnCount, got.TurnCount)
+		assert.True(t, root.Meta.CreatedAt.Equal(got.CreatedAt), "created %v, stored %v", root.Meta.CreatedAt, got.CreatedAt)
+		assert.True(t, root.Meta.LastActiveAt.Equal(got.LastActiveAt))
 		break
 	}
 	groups, grouped := st.CreateGroups()
